@@ -1,0 +1,268 @@
+"""The ``agentverify`` command.
+
+    agentverify up     --env dev [--backend local]   a live stack; Ctrl-C tears it down
+    agentverify run    --env staging [PATHS]         the bundled gate, reports in reports/
+    agentverify config --env staging                 validate and show the resolved config
+    agentverify reap                                 remove what killed runs left behind
+
+Exit codes: 0 success, 1 a gate failed, 2 bad input (config, scenario, arguments),
+3 the stack could not be brought up, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentverify.errors import AgentVerifyError, UsageError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STACK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", help="environment overlay to use (default: from config)")
+    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
+    p.add_argument("--backend", choices=["auto", "local", "docker"],
+                   help="where services run (default: stack.backend, auto)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set stack.replicas=5")
+    p.add_argument("--report-dir", default="reports", help="reports directory (default: reports)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentverify",
+        description="Rehearse deploy, rollout, rollback, backup, load and faults of an "
+                    "AI-agent stack, and gate on the measured figures.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="bring up the stack and hold it until Ctrl-C")
+    _common(up)
+    run = sub.add_parser("run", help="run scenarios (default: ./scenarios) and write reports")
+    _common(run)
+    run.add_argument("paths", nargs="*", help="scenario files or directories")
+    run.add_argument("-k", dest="keyword", help="only scenarios matching this expression")
+    run.add_argument("--load-workers", type=int, help="Locust worker processes for load steps")
+    cfg = sub.add_parser("config", help="validate the config and print the resolved values")
+    _common(cfg)
+    sub.add_parser("reap", help="stop processes/containers left by killed runs")
+    return parser
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    from agentverify.config import parse_override
+
+    return dict(parse_override(i) for i in items)
+
+
+def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from agentverify.session import AgentVerifySession
+
+    return AgentVerifySession(env=args.env, config_path=args.config, backend=args.backend,
+                              overrides=_overrides(args.set), report_dir=args.report_dir,
+                              **kwargs)
+
+
+# ------------------------------------------------------------------------------ up
+
+
+class _LiveProgress:
+    """A live table of instances while the stack comes up (plain lines without a TTY)."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.rows: dict[str, tuple[str, str]] = {}
+        self.live: Any = None
+        self._lock = threading.Lock()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="agentverify: starting the stack", show_edge=False)
+        table.add_column("instance")
+        table.add_column("state")
+        table.add_column("seconds", justify="right")
+        colours = {"ready": "green", "failed": "red", "starting": "yellow",
+                   "running-job": "yellow"}
+        for name, (state, secs) in self.rows.items():
+            table.add_row(name, f"[{colours.get(state, 'white')}]{state}[/]", secs)
+        return table
+
+    def __call__(self, event: Any) -> None:
+        from agentverify.session import describe_event
+
+        with self._lock:
+            if event.state in {"stopping", "stopped"} and self.live is None:
+                return
+            if event.state == "info":
+                self.console.print(f"[dim]{event.instance}: {event.detail}[/]")
+                return
+            secs = f"{event.seconds:.2f}" if event.seconds is not None else ""
+            self.rows[event.instance] = (event.state, secs)
+            if self.live is not None:
+                self.live.update(self._table())
+            elif not self.console.is_terminal:
+                line = describe_event(event)
+                if line:
+                    self.console.print(line)
+
+    def __enter__(self) -> _LiveProgress:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=8)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    session = _session(args, say=lambda line: console.print(f"agentverify: {line}"))
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stack = session.new_stack()
+    progress = _LiveProgress(console)
+    stack.progress = progress
+    try:
+        with progress:
+            stack.up()
+        path = stack.write_stack_json(Path(args.report_dir) / "stack.json")
+        table = Table(title=f"agentverify stack: {session.env} on {session.backend_name} "
+                            f"(up in {stack.up_seconds:.1f}s)")
+        table.add_column("service")
+        table.add_column("url")
+        table.add_column("version")
+        for name, info in stack.to_json()["services"].items():
+            table.add_row(name, info["url"], info.get("version", ""))
+        console.print(table)
+        console.print(f"endpoints written to {path}; logs in {stack.run.run_dir}")
+        console.print("holding the stack; press Ctrl-C to tear it down")
+        reported: set[str] = set()
+        while True:
+            time.sleep(1.0)
+            for handle in stack.instances():
+                status = handle.status()
+                if not status.running and handle.name not in reported:
+                    reported.add(handle.name)
+                    console.print(f"[red]{handle.name} {status}[/]; last log lines:\n"
+                                  f"{stack.redactor(handle.logs(10))}")
+    except KeyboardInterrupt:
+        console.print("agentverify: tearing the stack down")
+        return EXIT_INTERRUPTED if not stack.is_up else EXIT_OK
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut teardown
+        try:
+            stack.down()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        console.print("agentverify: stack is down")
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import subprocess
+
+    # validate config up front: a bad file is exit code 2 with one line, not a pytest error
+    session = _session(args, say=lambda line: None)
+    paths = args.paths or ["scenarios"]
+    for p in paths:
+        if not Path(p).exists():
+            raise UsageError(f"{p}: no such scenario file or directory")
+    # pytest runs in a child process: a clean interpreter for assertion rewriting, and the
+    # gate is not bent by the host project's own test settings (addopts, warning filters)
+    argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider",
+            "-o", "addopts=", "-o", "filterwarnings=default", "-rfE",
+            f"--agentverify-env={session.env}",
+            f"--agentverify-backend={session.backend_name}",
+            f"--agentverify-report-dir={Path(args.report_dir).resolve()}"]
+    if args.config:
+        argv.append(f"--agentverify-config={args.config}")
+    for item in args.set:
+        argv.append(f"--agentverify-set={item}")
+    if args.keyword:
+        argv += ["-k", args.keyword]
+    if args.load_workers is not None:
+        argv.append(f"--agentverify-load-workers={args.load_workers}")
+    proc = subprocess.Popen(argv)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # the terminal's Ctrl-C reached pytest too; let it tear its stack down
+        code = proc.wait()
+    return {0: EXIT_OK, 1: EXIT_GATE, 2: EXIT_INTERRUPTED, 4: EXIT_USAGE,
+            5: EXIT_USAGE}.get(code, EXIT_STACK)
+
+
+# ------------------------------------------------------------------------------ misc
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from agentverify.config import environment_names
+
+    session = _session(args, say=lambda line: None)
+    data = session.config.model_dump(mode="json")
+    print(yaml.safe_dump(data, sort_keys=False), end="")
+    envs = environment_names(args.config)
+    print(f"# {session.config.source}: valid; environments: {', '.join(envs)}; "
+          f"resolved for {session.env}, backend {session.backend_name}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from agentverify.stack.backend import BACKENDS, get_backend
+
+    reaped: list[str] = []
+    for name in BACKENDS:
+        try:
+            backend_cls = type(get_backend(name))
+        except AgentVerifyError:
+            continue
+        reaped += backend_cls.reap_stale()
+    for item in reaped:
+        print(f"reaped {item}")
+    print(f"agentverify: {len(reaped)} leftover(s) reaped")
+    return EXIT_OK
+
+
+COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"agentverify: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentVerifyError as exc:
+        print(f"agentverify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_STACK
+    except KeyboardInterrupt:
+        print("agentverify: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The pytest plugin: options, fixtures, YAML scenario collection, report hooks.
+
+Only wiring lives here; the work is in :mod:`agentverify.session` and below.
+
+Options (each mirrored by an ini key; precedence: command line > ini > default):
+
+==============================  ====================  =====================================
+command line                    ini                   meaning
+==============================  ====================  =====================================
+``--agentverify-env``           ``agentverify_env``   environment overlay (dev/staging/...)
+``--agentverify-config``        ``agentverify_config`` config file (default ./agentverify.yaml)
+``--agentverify-backend``       ``agentverify_backend`` auto | local | docker
+``--agentverify-report-dir``    ``agentverify_report_dir`` where reports go (default reports)
+``--agentverify-set K=V``       ``agentverify_set``   override any config key (repeatable)
+``--agentverify-load-workers``  ``agentverify_load_workers`` Locust worker processes
+==============================  ====================  =====================================
+
+Scenario files: every ``*.yaml`` / ``*.yml`` in a directory named ``scenarios`` is
+collected; each scenario in it is one test item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentverify.errors import AgentVerifyError, ScenarioSchemaError, UsageError
+from agentverify.gates import format_value
+
+SESSION_KEY = pytest.StashKey["AgentVerifySession | None"]()
+ERROR_KEY = pytest.StashKey["str | None"]()
+
+_OPTIONS = {
+    # dest: (flag, help, default)
+    "agentverify_env": ("--agentverify-env", "environment to verify (dev, staging, production...)", None),
+    "agentverify_config": ("--agentverify-config", "agentverify config file", None),
+    "agentverify_backend": ("--agentverify-backend", "auto | local | docker", None),
+    "agentverify_report_dir": ("--agentverify-report-dir", "directory for results.json/html", "reports"),
+    "agentverify_load_workers": ("--agentverify-load-workers",
+                                 "Locust worker processes for load steps (0: in one process)", None),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("agentverify", "agentverify: production-readiness rehearsals")
+    for dest, (flag, help_text, default) in _OPTIONS.items():
+        choices = ["auto", "local", "docker"] if dest == "agentverify_backend" else None
+        group.addoption(flag, dest=dest, default=None, choices=choices,
+                        help=f"{help_text} (ini: {dest})")
+        parser.addini(dest, help=help_text, default=default)
+    group.addoption("--agentverify-set", dest="agentverify_set", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config key, e.g. stack.replicas=5")
+    parser.addini("agentverify_set", help="config overrides KEY=VALUE", type="linelist",
+                  default=[])
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from agentverify import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def get_option(config: pytest.Config, dest: str) -> Any:
+    """Command line > ini > default (the one resolver for every option)."""
+    value = config.getoption(dest, default=None)
+    if value not in (None, [], ""):
+        return value
+    ini = config.getini(dest)
+    return ini if ini not in (None, [], "") else None
+
+
+def _wants_agentverify(config: pytest.Config) -> bool:
+    """Resolve config eagerly only when this run asks for agentverify."""
+    if any(get_option(config, d) for d in ("agentverify_env", "agentverify_config",
+                                           "agentverify_backend")):
+        return True
+    return (Path(str(config.rootpath)) / "agentverify.yaml").is_file()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "agentverify_scenario: a YAML scenario of agentverify")
+    config.stash[SESSION_KEY] = None
+    config.stash[ERROR_KEY] = None
+    if _wants_agentverify(config):
+        _session(config)
+
+
+def _session(config: pytest.Config) -> Any:
+    from agentverify.config import parse_override
+    from agentverify.session import AgentVerifySession
+
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        return session
+    def say(line: str) -> None:
+        # looked up per call: the reporter registers after this plugin's pytest_configure
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        # progress must be live even while a test's output is being captured
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+        with ctx:
+            tr.ensure_newline()
+            tr.write_line(f"agentverify: {line}")
+
+    try:
+        overrides = dict(parse_override(item) for item in
+                         [*config.getini("agentverify_set"),
+                          *(config.getoption("agentverify_set") or [])])
+        workers = get_option(config, "agentverify_load_workers")
+        if workers is not None:
+            overrides["load.workers"] = workers
+        root = Path(str(config.rootpath))
+        path = get_option(config, "agentverify_config")
+        if path is None and (root / "agentverify.yaml").is_file():
+            path = str(root / "agentverify.yaml")
+        session = AgentVerifySession(
+            env=get_option(config, "agentverify_env"), config_path=path,
+            backend=get_option(config, "agentverify_backend"), overrides=overrides,
+            report_dir=root / get_option(config, "agentverify_report_dir")
+            if get_option(config, "agentverify_report_dir") else root / "reports",
+            say=say, override_source="pytest options")
+    except UsageError as exc:
+        raise pytest.UsageError(f"agentverify: {exc}") from None
+    session.on_stack_ready = lambda stack: config.hook.pytest_agentverify_stack_ready(stack=stack)
+    config.stash[SESSION_KEY] = session
+    return session
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    av = session.config.stash.get(SESSION_KEY, None)
+    if av is None:
+        return
+    try:
+        av.close()
+    finally:
+        if av.journal.scenarios:
+            av.write_reports()
+            session.config.hook.pytest_agentverify_write_report(journal=av.journal,
+                                                                report_dir=av.report_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    av = config.stash.get(SESSION_KEY, None)
+    if av is not None:  # a crash before sessionfinish: still nothing may leak
+        av.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    av = terminalreporter.config.stash.get(SESSION_KEY, None)
+    if av is None or not av.journal.scenarios:
+        return
+    tr = terminalreporter
+    tr.section(f"agentverify gates ({av.env}, {av.backend_name} backend)")
+    for result in av.journal.scenarios:
+        verdict = "PASSED" if result.passed else "FAILED"
+        tr.write_line(f"{result.name}: {verdict} in {result.seconds:.1f}s",
+                      green=result.passed, red=not result.passed, bold=True)
+        for gate in result.gates:
+            tr.write_line(f"  {gate.line()}", green=gate.passed, red=not gate.passed)
+        if result.error:
+            tr.write_line(f"  error: {result.error.splitlines()[0]}", red=True)
+    tr.write_line(f"reports: {av.report_dir / 'results.json'}, "
+                  f"{av.report_dir / 'results.html'}")
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def agentverify_session(request: pytest.FixtureRequest) -> Any:
+    """The :class:`~agentverify.session.AgentVerifySession` of this run."""
+    return _session(request.config)
+
+
+@pytest.fixture(scope="session")
+def agentverify_config(agentverify_session: Any) -> Any:
+    """The resolved :class:`~agentverify.config.Config`."""
+    return agentverify_session.config
+
+
+@pytest.fixture(scope="session")
+def agent_stack(agentverify_session: Any) -> Any:
+    """The shared :class:`~agentverify.stack.stack.Stack`, up for the whole session."""
+    return agentverify_session.stack()
+
+
+@pytest.fixture
+def agent_client(agent_stack: Any) -> Iterator[Any]:
+    """An ``httpx.Client`` on the stack's load balancer."""
+    import httpx
+
+    with httpx.Client(base_url=agent_stack.lb_url, timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture
+def prometheus(agent_stack: Any) -> Iterator[Any]:
+    """A :class:`~agentverify.monitoring.prometheus.PrometheusClient` on the stack."""
+    from agentverify.monitoring.prometheus import PrometheusClient
+
+    client = PrometheusClient(agent_stack.endpoints["prometheus"])
+    yield client
+    close = getattr(client, "close", None)
+    if close:
+        close()
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in {".yaml", ".yml"} and file_path.parent.name == "scenarios":
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    """A scenarios/*.yaml file: one item per scenario (or one failing item if malformed)."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from agentverify.scenarios.model import load_scenario_file
+
+        try:
+            specs = load_scenario_file(Path(self.path))
+        except ScenarioSchemaError as exc:
+            yield InvalidScenarioItem.from_parent(self, name=Path(self.path).stem, error=exc)
+            return
+        av = _session(self.config)
+        for spec in specs:
+            item = ScenarioItem.from_parent(self, name=f"{spec.name}[{av.backend_name}]",
+                                            spec=spec)
+            item.add_marker(pytest.mark.agentverify_scenario)
+            if not spec.applies_to(av.env):
+                item.add_marker(pytest.mark.skip(
+                    reason=f"scenario applies to {', '.join(spec.environments or ())}; "
+                           f"this run is {av.env}"))
+            yield item
+
+
+class ScenarioFailed(AssertionError):
+    """Gates failed (or the scenario errored); carries the result for the report."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result.name)
+        self.result = result
+
+
+class ScenarioItem(pytest.Item):
+    """One scenario: runs it on the session's stack and fails on any failed gate."""
+
+    def __init__(self, *, spec: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def runtest(self) -> None:
+        av = _session(self.config)
+        result = av.run_scenario(self.spec)
+        self.user_properties.append(("agentverify", result.to_json()))
+        self.config.hook.pytest_agentverify_scenario_finished(result=result)
+        if not result.passed:
+            raise ScenarioFailed(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed):
+            r = excinfo.value.result
+            lines = [f"scenario {r.name!r} ({self.spec.file}:{self.spec.line}) failed"]
+            if r.error:
+                lines.append(f"error: {r.error}")
+            for g in r.gates:
+                lines.append(f"  {g.line()}")
+            facts = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(r.facts.items()))
+            lines.append(f"facts: {facts or 'none measured'}")
+            return "\n".join(lines)
+        if isinstance(excinfo.value, AgentVerifyError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return Path(self.path), self.spec.line - 1, f"scenario: {self.spec.name}"
+
+
+class InvalidScenarioItem(pytest.Item):
+    """Stands for a malformed scenario file: fails with the one-line schema error."""
+
+    def __init__(self, *, error: ScenarioSchemaError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self) -> None:
+        raise self.error
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        return f"invalid scenario file: {self.error}"
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return Path(self.path), 0, f"invalid scenario file {Path(self.path).name}"

@@ -1,0 +1,363 @@
+"""Typed settings of the reference agent: YAML file, then environment overrides.
+
+Precedence, lowest first::
+
+    built-in defaults < AGENT_CONFIG file < environment variables
+
+The file is the reference deployment's ``config.yaml``; unknown keys are ignored (the
+agent shares the file with other tools) and missing sections take their defaults. The
+environment is read inside :func:`load_settings`, never at import, so two apps built in
+one process with different environments do not collide.
+
+Example:
+    >>> s = load_settings(environ={"AGENT_VERSION": "v2", "REDIS_URL": "redis://h:1/0"})
+    >>> (s.version, s.cache.url)
+    ('v2', 'redis://h:1/0')
+
+The API keys are :class:`pydantic.SecretStr`: their ``repr`` and ``str`` are masked, so
+neither a log line nor an exception that renders the settings can leak them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from agentverify.errors import ConfigError
+
+__all__ = [
+    "AgentConfigError",
+    "AgentSettings",
+    "BackupModelSettings",
+    "CacheSettings",
+    "CostSettings",
+    "ModelSettings",
+    "MonitoringSettings",
+    "Price",
+    "RateLimitSettings",
+    "VectorStoreSettings",
+    "load_settings",
+]
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+
+
+class AgentConfigError(ConfigError):
+    """The agent's configuration file or an override variable is invalid.
+
+    The message names the source (file path or variable), the key and what was expected.
+    """
+
+
+class _Section(BaseModel):
+    # The agent shares config.yaml with agentverify and other tools: ignore what we
+    # do not know instead of refusing to start.
+    model_config = ConfigDict(extra="ignore")
+
+
+class BackupModelSettings(_Section):
+    """The backup LLM API that the API-error runbook switches to.
+
+    ``base_url`` empty means "the primary's base URL"; ``api_key`` is filled from the
+    variable named by ``api_key_env`` (never from the file).
+    """
+
+    provider: str = "openai"
+    model_name: str = "gpt-3.5-turbo"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_BACKUP_API_KEY"
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+
+
+class ModelSettings(_Section):
+    """The seed's ``model`` section: which LLM the agent calls and how.
+
+    Example:
+        >>> ModelSettings(model_name="gpt-4", api_key="sk-123")  # doctest: +ELLIPSIS
+        ModelSettings(provider='openai', model_name='gpt-4', ...api_key=SecretStr('**********')...)
+    """
+
+    provider: str = "openai"
+    model_name: str = "gpt-4"
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=2000, ge=1)
+    retry_count: int = Field(default=3, ge=0, le=20)
+    timeout: float = Field(default=30.0, gt=0)
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+    backup: BackupModelSettings = Field(default_factory=BackupModelSettings)
+
+
+class VectorStoreSettings(_Section):
+    """Where the knowledge base lives (Milvus) and how much of it a question retrieves."""
+
+    type: str = "milvus"
+    host: str = "127.0.0.1"
+    port: int = Field(default=19530, ge=1, le=65535)
+    collection: str = "agent_knowledge"
+    dim: int = Field(default=64, ge=2, le=32768)
+    top_k: int = Field(default=3, ge=1, le=100)
+    timeout: float = Field(default=5.0, gt=0, description="Seconds for one Milvus call.")
+
+    @property
+    def uri(self) -> str:
+        """The gRPC URI pymilvus connects to."""
+        return f"http://{self.host}:{self.port}"
+
+
+class CacheSettings(_Section):
+    """The answer cache (Redis) and how long an answer stays in it."""
+
+    type: str = "redis"
+    url: str = "redis://127.0.0.1:6379/0"
+    ttl: int = Field(default=3600, ge=1)
+
+
+class MonitoringSettings(_Section):
+    """The seed's ``monitoring`` section; the agent itself only serves ``/metrics``."""
+
+    prometheus_port: int = 9090
+    grafana_port: int = 3000
+    alert_webhook: str | None = None
+    scrape_interval: str = "1s"
+    evaluation_interval: str = "1s"
+
+
+class RateLimitSettings(_Section):
+    """A token bucket per client: ``requests_per_second`` refill, ``burst`` capacity."""
+
+    enabled: bool = False
+    requests_per_second: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=20, ge=1)
+
+
+class Price(_Section):
+    """USD per million tokens of one model."""
+
+    input_per_million: float = Field(default=0.0, ge=0)
+    output_per_million: float = Field(default=0.0, ge=0)
+
+
+def _default_prices() -> dict[str, Price]:
+    return {
+        "gpt-4": Price(input_per_million=30.0, output_per_million=60.0),
+        "text-embedding-3-small": Price(input_per_million=0.02, output_per_million=0.0),
+    }
+
+
+class CostSettings(_Section):
+    """Token prices (for ``llm_cost_usd_total``) and the embedding model's name."""
+
+    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    budget_usd: float | None = None
+    max_cost_per_request_usd: float | None = None
+    max_cost_per_1k_requests_usd: float | None = None
+    embedding_model: str = "text-embedding-3-small"
+
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int = 0) -> float:
+        """Price of one call; a model without a price costs 0.
+
+        Example:
+            >>> CostSettings().cost_usd("gpt-4", 1_000_000, 500_000)
+            60.0
+        """
+        price = self.prices.get(model)
+        if price is None:
+            return 0.0
+        return (
+            input_tokens * price.input_per_million + output_tokens * price.output_per_million
+        ) / 1_000_000
+
+
+class AgentSettings(_Section):
+    """Everything one agent replica needs, resolved once at start-up.
+
+    The fault knobs (``fail_health``, ``error_rate``, ``latency_ms``) only come from the
+    environment; rehearsals set them on one replica to prove the gates catch it.
+    """
+
+    environment: str = "dev"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
+    version: str = "v1"
+    replica: str = "0"
+    fail_health: bool = False
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def backup_base_url(self) -> str:
+        """The backup API's base URL (the primary's when the backup names none)."""
+        return self.model.backup.base_url or self.model.base_url
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AgentConfigError(
+            f"{path}: cannot read the config file ({exc.strerror or exc})"
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise AgentConfigError(f"{path}:{where} invalid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AgentConfigError(
+            f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def _section(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = data.get(name)
+    if value is None:
+        value = {}
+        data[name] = value
+    if not isinstance(value, dict):
+        raise AgentConfigError(
+            f"{source}: {name}: expected a mapping, got {type(value).__name__}"
+        )
+    return value
+
+
+def _float_env(environ: Mapping[str, str], name: str) -> float:
+    raw = environ[name]
+    try:
+        return float(raw)
+    except ValueError:
+        raise AgentConfigError(f"{name}: expected a number, got {raw!r}") from None
+
+
+def _apply_environment(
+    data: dict[str, Any], environ: Mapping[str, str], source: str
+) -> dict[str, str]:
+    """Overlay the documented environment variables onto the raw file data.
+
+    Returns:
+        ``{"section.key": VARIABLE}`` for every value taken from the environment, so a
+        validation error can name the variable instead of the file.
+    """
+    origin: dict[str, str] = {}
+
+    def put(target: dict[str, Any], key: str, loc: str, var: str) -> None:
+        target[key] = environ[var]
+        origin[loc] = var
+
+    model = _section(data, "model", source)
+    backup = model.get("backup")
+    if backup is None:
+        backup = model["backup"] = {}
+    if not isinstance(backup, dict):
+        raise AgentConfigError(
+            f"{source}: model.backup: expected a mapping, got {type(backup).__name__}"
+        )
+    vector_store = _section(data, "vector_store", source)
+    cache = _section(data, "cache", source)
+
+    if "REDIS_URL" in environ:
+        put(cache, "url", "cache.url", "REDIS_URL")
+    if "MILVUS_HOST" in environ:
+        put(vector_store, "host", "vector_store.host", "MILVUS_HOST")
+    if "MILVUS_PORT" in environ:
+        put(vector_store, "port", "vector_store.port", "MILVUS_PORT")
+    if "OPENAI_BASE_URL" in environ:
+        put(model, "base_url", "model.base_url", "OPENAI_BASE_URL")
+    if "OPENAI_BACKUP_BASE_URL" in environ:
+        put(backup, "base_url", "model.backup.base_url", "OPENAI_BACKUP_BASE_URL")
+
+    # Keys only ever come from the environment: a key written in the file is dropped.
+    model.pop("api_key", None)
+    backup.pop("api_key", None)
+    key_env = str(model.get("api_key_env") or "OPENAI_API_KEY")
+    backup_key_env = str(backup.get("api_key_env") or "OPENAI_BACKUP_API_KEY")
+    if environ.get(key_env):
+        model["api_key"] = environ[key_env]
+    if environ.get(backup_key_env):
+        backup["api_key"] = environ[backup_key_env]
+
+    if "AGENT_VERSION" in environ:
+        put(data, "version", "version", "AGENT_VERSION")
+    if "AGENT_REPLICA" in environ:
+        put(data, "replica", "replica", "AGENT_REPLICA")
+    if "AGENT_FAIL_HEALTH" in environ:
+        data["fail_health"] = environ["AGENT_FAIL_HEALTH"].strip().lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+        }
+    if environ.get("AGENT_ERROR_RATE", "").strip():
+        data["error_rate"] = _float_env(environ, "AGENT_ERROR_RATE")
+        origin["error_rate"] = "AGENT_ERROR_RATE"
+    if environ.get("AGENT_LATENCY_MS", "").strip():
+        data["latency_ms"] = _float_env(environ, "AGENT_LATENCY_MS")
+        origin["latency_ms"] = "AGENT_LATENCY_MS"
+    return origin
+
+
+def _validation_message(exc: ValidationError, source: str, origin: dict[str, str]) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if loc in origin:
+        source = f"{origin[loc]} (environment)"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {loc}: {first['msg']}{suffix}"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AgentSettings:
+    """Resolve the agent's settings from the YAML file and the environment.
+
+    Args:
+        path: The YAML file; ``None`` means ``environ["AGENT_CONFIG"]``, and no file at
+            all means built-in defaults.
+        environ: The environment to read (default ``os.environ``).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        AgentConfigError: The file cannot be read or a value is invalid; the message
+            names the file or variable and the key. It never contains an API key.
+
+    Example:
+        >>> load_settings(environ={}).model.model_name
+        'gpt-4'
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("AGENT_CONFIG"):
+        path = env["AGENT_CONFIG"]
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        data = _read_file(Path(path))
+    origin = _apply_environment(data, env, source)
+    try:
+        return AgentSettings.model_validate(data)
+    except ValidationError as exc:
+        raise AgentConfigError(_validation_message(exc, source, origin)) from None

@@ -1,0 +1,80 @@
+"""The registry of step types a scenario file can use.
+
+A step type is a function ``(ctx, params) -> facts`` registered with :func:`step`,
+with a pydantic model for its parameters (unknown keys are errors) and the names of the
+facts it measures (so a gate on a fact nothing measures is caught at collection).
+
+Example:
+    >>> class Params(StepParams):
+    ...     message: str
+    >>> @step("echo", params=Params, facts=("echo_len",))
+    ... def echo(ctx, params):
+    ...     return {"echo_len": len(params.message)}
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["STEPS", "StepParams", "StepType", "step", "load_builtin_steps"]
+
+
+class StepParams(BaseModel):
+    """Base of every step's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class StepType:
+    name: str
+    func: Callable[[Any, Any], dict[str, Any]]
+    params: type[StepParams]
+    facts: tuple[str, ...]
+    doc: str
+
+
+STEPS: dict[str, StepType] = {}
+
+BUILTIN_MODULES = (
+    "agentverify.scenarios.smoke",
+    "agentverify.scenarios.deploy",
+    "agentverify.scenarios.rolling_update",
+    "agentverify.scenarios.backup_restore",
+    "agentverify.load.steps",
+)
+
+
+def step(name: str, *, params: type[StepParams] = StepParams,
+         facts: tuple[str, ...] = ()) -> Callable[[Callable[..., dict[str, Any]]],
+                                                  Callable[..., dict[str, Any]]]:
+    """Register a step type under ``name``."""
+
+    def register(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        STEPS[name] = StepType(name, func, params, tuple(facts),
+                               (func.__doc__ or "").strip().split("\n")[0])
+        return func
+
+    return register
+
+
+_loaded = False
+
+
+def load_builtin_steps() -> None:
+    """Import the built-in step modules once (modules not written yet are skipped)."""
+    global _loaded
+    if _loaded:
+        return
+    for module in BUILTIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    _loaded = True

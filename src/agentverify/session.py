@@ -1,0 +1,192 @@
+"""One agentverify session: resolved config, the shared stack, the run journal.
+
+Both front doors (the pytest plugin and the CLI) build one :class:`AgentVerifySession`
+and pass it explicitly; nothing is global. The shared stack is started on first use and
+stopped by :meth:`close` (which the plugin calls at session finish, also after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agentverify.config import Config, load_config
+from agentverify.errors import AgentVerifyError, StackError
+from agentverify.report.journal import RunJournal, ScenarioResult
+from agentverify.secrets import Redactor
+from agentverify.stack.backend import resolve_backend_name
+from agentverify.stack.stack import ProgressEvent, Stack
+
+__all__ = ["AgentVerifySession", "describe_event"]
+
+
+def describe_event(event: ProgressEvent) -> str | None:
+    """One progress line for an event (None for events not worth a line)."""
+    if event.state == "ready":
+        extra = f" ({event.detail})" if event.detail else ""
+        return f"{event.instance} ready in {event.seconds or 0:.2f}s{extra}"
+    if event.state == "failed":
+        return f"{event.instance} FAILED: {event.detail}"
+    if event.state == "info":
+        return f"{event.instance}: {event.detail}"
+    if event.state == "running-job":
+        return f"{event.instance} running"
+    return None
+
+
+class AgentVerifySession:
+    """Config, stack and journal for one run.
+
+    Args:
+        env: environment name (None: from config / AGENTVERIFY_ENV).
+        config_path: config file (None: ./agentverify.yaml or built-in defaults).
+        backend: backend name overriding ``stack.backend``.
+        overrides: dotted keys from the command line (``{"stack.replicas": 5}``).
+        report_dir: where results.json, results.html and stack.json go.
+        say: prints one progress line.
+    """
+
+    def __init__(self, *, env: str | None = None, config_path: str | None = None,
+                 backend: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 report_dir: str | Path = "reports", say: Callable[[str], None] = print,
+                 environ: Mapping[str, str] | None = None,
+                 override_source: str = "command line") -> None:
+        overrides = dict(overrides or {})
+        if backend:
+            overrides["stack.backend"] = backend
+        self.config: Config = load_config(config_path, env, overrides=overrides,
+                                          environ=environ, override_source=override_source)
+        self.env = self.config.environment
+        self.backend_name = resolve_backend_name(self.config.stack.backend)
+        self.report_dir = Path(report_dir)
+        self.say = say
+        self.environ = environ
+        self.journal = RunJournal(env=self.env, backend=self.backend_name)
+        self.redactor = Redactor()
+        self._stack: Stack | None = None
+        self._stack_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.on_stack_ready: Callable[[Stack], None] | None = None
+
+    # ------------------------------------------------------------------ stacks
+
+    def _progress(self, event: ProgressEvent) -> None:
+        line = describe_event(event)
+        if line:
+            self.say(line)
+
+    def new_stack(self, config: Config | None = None) -> Stack:
+        stack = Stack.from_config(config or self.config, backend=self.backend_name,
+                                  progress=self._progress, environ=self.environ)
+        for value in getattr(stack.redactor, "_values", []):
+            self.redactor.add(value)
+        return stack
+
+    def stack(self) -> Stack:
+        """The shared stack, started on first use (a failed start is not retried)."""
+        with self._lock:
+            if self._stack_error is not None:
+                raise StackError(f"the shared stack failed to start earlier: "
+                                 f"{str(self._stack_error).splitlines()[0]}")
+            if self._stack is None:
+                self.say(f"bringing up the {self.env} stack on the {self.backend_name} "
+                         f"backend ({self.config.stack.replicas} agent replicas)")
+                stack = self.new_stack()
+                try:
+                    stack.up()
+                except BaseException as exc:
+                    self._stack_error = exc
+                    with contextlib.suppress(Exception):
+                        stack.down()
+                    raise
+                self.say(f"stack up in {stack.up_seconds:.1f}s (run {stack.run.run_id}, "
+                         f"logs in {stack.run.run_dir})")
+                self._stack = stack
+                self.journal.stack = stack.to_json()
+                stack.write_stack_json(self.report_dir / "stack.json")
+                if self.on_stack_ready:
+                    self.on_stack_ready(stack)
+            return self._stack
+
+    @contextlib.contextmanager
+    def fresh_stack(self, **overrides: Any) -> Iterator[Stack]:
+        """A stack of its own (e.g. ``fresh_stack(**{"stack.replicas": 5})``)."""
+        config = self.config
+        if overrides:
+            data = config.model_dump()
+            for key, value in overrides.items():
+                node = data
+                *parents, last = key.split(".")
+                for p in parents:
+                    node = node[p]
+                node[last] = value
+            config = Config.model_validate(data)
+            config.source, config.root = self.config.source, self.config.root
+        stack = self.new_stack(config)
+        with stack:
+            yield stack
+
+    # ------------------------------------------------------------------ scenarios
+
+    def run_scenario(self, spec: Any) -> ScenarioResult:
+        """Run one scenario on the shared (or a fresh) stack and journal the result."""
+        from agentverify.scenarios.runner import ScenarioContext, restore_baseline, run_scenario
+
+        t0 = time.monotonic()
+        try:
+            cm = self.fresh_stack() if spec.fresh_stack else contextlib.nullcontext(
+                self.stack())
+            with cm as stack:
+                ctx = ScenarioContext(stack, self.config, env=self.env,
+                                      report_dir=self.report_dir, say=self.say,
+                                      backend=self.backend_name)
+                try:
+                    result = run_scenario(spec, ctx)
+                finally:
+                    ctx.close()
+                    if not spec.fresh_stack:
+                        try:
+                            restore_baseline(stack, self.config, self.say)
+                        except AgentVerifyError as exc:
+                            self._stack_error = exc
+                            self.say(f"could not restore the shared stack: {exc}")
+        except AgentVerifyError as exc:
+            result = ScenarioResult(name=spec.name, file=str(spec.file),
+                                    error=self.redactor(str(exc)),
+                                    seconds=time.monotonic() - t0)
+            result.gates = [g.evaluate({}) for g in spec.gates(self.env)]
+        result.error = self.redactor(result.error) if result.error else None
+        self.journal.add(result)
+        self.write_reports()
+        return result
+
+    # ------------------------------------------------------------------ reports
+
+    def write_reports(self) -> list[Path]:
+        """results.json (and results.html); a failing writer is reported, never raised."""
+        written = []
+        try:
+            written.append(self.journal.write_json(self.report_dir / "results.json",
+                                                   redact=self.redactor.scrub))
+        except OSError as exc:
+            self.say(f"could not write results.json: {exc}")
+        try:
+            from agentverify.report.html import write_html
+
+            written.append(write_html(self.journal, self.report_dir / "results.html",
+                                      redact=self.redactor.scrub))
+        except Exception as exc:  # a broken HTML report must not fail the run
+            self.say(f"could not write results.html: {type(exc).__name__}: {exc}")
+        return written
+
+    def close(self) -> None:
+        """Stop the shared stack (idempotent)."""
+        with self._lock:
+            stack, self._stack = self._stack, None
+        if stack is not None:
+            self.say("tearing the stack down")
+            stack.down()

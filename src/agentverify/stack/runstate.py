@@ -1,0 +1,211 @@
+"""Run records: what each run started, so nothing outlives it.
+
+Every run gets a run id and a directory under the state dir::
+
+    $AGENTVERIFY_STATE_DIR (default ~/.local/state/agentverify)/
+      runs/<run_id>/run.json        owner pid + start time, backend, processes started
+      runs/<run_id>/services/...    per-instance conf/, data/ and log
+
+A run that ends normally removes its processes and marks the record closed. A run
+killed with SIGKILL cannot; the next run finds the record, sees its owner is gone, and
+reaps what it left: each recorded process group is killed, but only after
+``/proc/<pid>/environ`` proves the process still carries this run's id (a recycled pid
+is never touched). Containers are reaped by label in the docker backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunContext", "default_state_dir", "process_alive", "reap_stale_runs",
+           "RUN_ID_ENV", "owner_alive"]
+
+RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
+KEEP_FINISHED_RUNS = 5
+
+
+def default_state_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("AGENTVERIFY_STATE_DIR"):
+        return Path(env["AGENTVERIFY_STATE_DIR"])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "agentverify"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (field 22 of /proc/pid/stat), to tell pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces; fields after the last ')' are fixed
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def owner_alive(pid: int, start_time: str | None) -> bool:
+    return process_alive(pid) and (start_time is None or _proc_start_time(pid) == start_time)
+
+
+def _carries_run_id(pid: int, run_id: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{RUN_ID_ENV}={run_id}".encode() in environ.split(b"\0")
+
+
+def _pids_in_group(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                pids.append(int(entry.name))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
+def kill_group(pgid: int, run_id: str, sig: int = signal.SIGKILL) -> bool:
+    """Signal a process group of ours; True if anything of it was still there."""
+    members = [p for p in _pids_in_group(pgid) if _carries_run_id(p, run_id)]
+    if not members:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class RunContext:
+    """One run: its id, directory and the record of what it started."""
+
+    run_id: str
+    state_dir: Path
+    backend: str
+    env_name: str = ""
+    _processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, backend: str, *, env_name: str = "", state_dir: Path | None = None,
+               run_id: str | None = None) -> RunContext:
+        state_dir = state_dir or default_state_dir()
+        rid = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        ctx = cls(run_id=rid, state_dir=state_dir, backend=backend, env_name=env_name)
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        ctx._write(closed=False)
+        return ctx
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "runs" / self.run_id
+
+    def service_dir(self, instance: str) -> Path:
+        d = self.run_dir / "services" / instance
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"agentverify": "1", "agentverify.run": self.run_id,
+                "agentverify.owner-pid": str(os.getpid()),
+                "agentverify.owner-start": _proc_start_time(os.getpid()) or ""}
+
+    def record_process(self, key: str, pid: int, pgid: int) -> None:
+        with self._lock:
+            self._processes[key] = {"pid": pid, "pgid": pgid, "started": time.time()}
+            self._write(closed=False)
+
+    def forget_process(self, key: str) -> None:
+        with self._lock:
+            self._processes.pop(key, None)
+            self._write(closed=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._write(closed=True)
+        prune_finished_runs(self.state_dir, keep=KEEP_FINISHED_RUNS, current=self.run_id)
+
+    def _write(self, *, closed: bool) -> None:
+        record = {
+            "run_id": self.run_id,
+            "backend": self.backend,
+            "env": self.env_name,
+            "owner_pid": os.getpid(),
+            "owner_start": _proc_start_time(os.getpid()),
+            "closed": closed,
+            "processes": self._processes,
+        }
+        tmp = self.run_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.run_dir / "run.json")
+
+
+def _records(state_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    runs = state_dir / "runs"
+    if not runs.is_dir():
+        return
+    for d in sorted(runs.iterdir()):
+        f = d / "run.json"
+        try:
+            yield d, json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+
+
+def reap_stale_runs(state_dir: Path | None = None) -> list[str]:
+    """Kill the processes of runs whose owner is gone; return what was reaped."""
+    state_dir = state_dir or default_state_dir()
+    reaped: list[str] = []
+    for d, rec in _records(state_dir):
+        if rec.get("closed") or owner_alive(int(rec.get("owner_pid", 0)),
+                                                rec.get("owner_start")):
+            continue
+        run_id = rec["run_id"]
+        for key, proc in (rec.get("processes") or {}).items():
+            pgid = int(proc["pgid"])
+            if kill_group(pgid, run_id, signal.SIGKILL):
+                reaped.append(f"{run_id}/{key} (process group {pgid})")
+        rec["closed"] = True
+        rec["reaped"] = time.time()
+        try:
+            (d / "run.json").write_text(json.dumps(rec, indent=1))
+        except OSError:
+            pass
+    return reaped
+
+
+def prune_finished_runs(state_dir: Path, *, keep: int, current: str | None = None) -> None:
+    """Delete the directories of closed runs beyond the ``keep`` newest."""
+    closed = [d for d, rec in _records(state_dir) if rec.get("closed") and d.name != current]
+    for d in closed[:-keep] if keep else closed:
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,378 @@
+"""What runs: backend-neutral descriptions of the stack's services.
+
+A :class:`ServiceSpec` says *what* a service is (role, image, command, ports, env,
+readiness, dependencies, replicas); a backend decides *how* it runs. Strings in
+``command``, ``env`` and ``files`` may hold placeholders each backend resolves for
+itself, so one spec runs as a local process and as a container:
+
+==========================  ==========================================================
+``${port:NAME}``            the port this service listens on for port NAME
+``${bind}``                 the address to bind (127.0.0.1 locally, 0.0.0.0 in a container)
+``${confdir}``              directory holding this service's rendered ``files``
+``${datadir}``              this service's persistent data directory
+``${python}``               the Python interpreter that has agentverify installed
+``${addr:SVC}``             ``host:port`` of service SVC's first port, as this service sees it
+``${addr:SVC:PORT}``        the same for a named port
+``${url:SVC}``              ``scheme://host:port`` of SVC's first port
+``${host:SVC}``             host of SVC as this service sees it
+==========================  ==========================================================
+
+:func:`build_stack_spec` turns a :class:`~agentverify.config.Config` into the seed's
+stack: llm, redis, milvus, the knowledge-ingest job, N agent replicas, nginx,
+prometheus and alertmanager.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import yaml
+
+from agentverify.config import Config
+from agentverify.errors import ConfigError
+from agentverify.stack.wait import (
+    HttpWaitStrategy,
+    PortWaitStrategy,
+    WaitStrategy,
+)
+
+__all__ = [
+    "Port",
+    "ServiceSpec",
+    "StackSpec",
+    "build_stack_spec",
+    "render_template",
+    "ROLE_AGENT",
+    "ROLE_LB",
+    "ROLE_METRICS",
+]
+
+ROLE_AGENT = "agent"
+ROLE_LB = "lb"
+ROLE_METRICS = "metrics"
+ROLE_ALERTS = "alerts"
+ROLE_CACHE = "cache"
+ROLE_VECTOR = "vector_store"
+ROLE_LLM = "llm"
+ROLE_JOB = "job"
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z]+)(?::([A-Za-z0-9_.-]+))?(?::([A-Za-z0-9_.-]+))?\}")
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port a service listens on inside its own network namespace."""
+
+    name: str
+    port: int
+    scheme: str = "http"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the stack, independent of how it runs.
+
+    Example:
+        >>> ServiceSpec(name="redis", role="cache", image="redis:7",
+        ...             command=("redis-server", "--port", "${port:redis}"),
+        ...             ports=(Port("redis", 6379, "redis"),))   # doctest: +ELLIPSIS
+        ServiceSpec(name='redis', role='cache', ...)
+    """
+
+    name: str
+    role: str
+    image: str
+    command: tuple[str, ...]
+    ports: tuple[Port, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    health: WaitStrategy | None = None
+    depends_on: tuple[str, ...] = ()
+    replicas: int = 1
+    kind: Literal["service", "job"] = "service"
+    files: Mapping[str, str] = field(default_factory=dict)
+    #: env keys whose values are secrets: never printed, logged or reported
+    secret_env: frozenset[str] = frozenset()
+    #: binaries the local backend needs on PATH, with the package that provides them
+    requires: Mapping[str, str] = field(default_factory=dict)
+    stop_grace: float = 10.0
+    cpus: float | None = None
+    memory: str | None = None
+    cpu_reservation: float | None = None
+    memory_reservation: str | None = None
+    version: str | None = None
+    persistent: bool = False
+
+    def port(self, name: str | None = None) -> Port:
+        if not self.ports:
+            raise KeyError(f"{self.name} declares no ports")
+        if name is None:
+            return self.ports[0]
+        for p in self.ports:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.name} has no port named {name!r}")
+
+    def with_files(self, **files: str) -> ServiceSpec:
+        return replace(self, files={**self.files, **files})
+
+    def with_env(self, **env: str) -> ServiceSpec:
+        return replace(self, env={**self.env, **env})
+
+    def __repr__(self) -> str:  # never show secret values
+        env = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
+        return (f"ServiceSpec(name={self.name!r}, role={self.role!r}, image={self.image!r}, "
+                f"ports={[p.name for p in self.ports]}, replicas={self.replicas}, env={env})")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """The whole stack: services in dependency order."""
+
+    services: tuple[ServiceSpec, ...]
+    env_name: str = "dev"
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.services]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConfigError(f"duplicate service names {sorted(dupes)}", source="stack")
+        for s in self.services:
+            for dep in s.depends_on:
+                if dep not in names:
+                    raise ConfigError(f"{s.name} depends on unknown service {dep!r}",
+                                      source="stack")
+
+    def __getitem__(self, name: str) -> ServiceSpec:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def by_role(self, role: str) -> list[ServiceSpec]:
+        return [s for s in self.services if s.role == role]
+
+    def order(self) -> list[ServiceSpec]:
+        """Topological order (raises on a dependency cycle)."""
+        done: list[ServiceSpec] = []
+        seen: set[str] = set()
+        visiting: set[str] = set()
+
+        def visit(s: ServiceSpec) -> None:
+            if s.name in seen:
+                return
+            if s.name in visiting:
+                raise ConfigError(f"dependency cycle through {s.name!r}", source="stack")
+            visiting.add(s.name)
+            for dep in s.depends_on:
+                visit(self[dep])
+            visiting.discard(s.name)
+            seen.add(s.name)
+            done.append(s)
+
+        for s in self.services:
+            visit(s)
+        return done
+
+
+def render_template(text: str, resolve: Callable[[str, str | None, str | None], str]) -> str:
+    """Replace every ``${kind[:a[:b]]}`` placeholder with ``resolve(kind, a, b)``."""
+    return _PLACEHOLDER.sub(lambda m: str(resolve(m.group(1), m.group(2), m.group(3))), text)
+
+
+# ------------------------------------------------------------------------------ the seed
+
+
+DEFAULT_IMAGES = {
+    # Built offline by `agentverify images build`; any name here can be overridden in
+    # config (stack.images.ROLE), e.g. redis: "redis:7-alpine" for an online user.
+    "redis": "agentverify/redis:local",
+    "milvus": "agentverify/python:local",
+    "llm": "agentverify/python:local",
+    "agent": "agentverify/python:local",
+    "ingest": "agentverify/python:local",
+    "lb": "agentverify/nginx:local",
+    "prometheus": "agentverify/prometheus:local",
+    "alertmanager": "agentverify/prometheus:local",
+}
+
+
+def _image(config: Config, key: str) -> str:
+    return config.stack.images.get(key, DEFAULT_IMAGES[key])
+
+
+def agent_config_yaml(config: Config) -> str:
+    """The seed-format config.yaml the deploy step writes for the agent.
+
+    Endpoints are placeholders, resolved per backend to the live services.
+    """
+    data = config.seed_dict()
+    data["vector_store"]["host"] = "${host:milvus}"
+    data["vector_store"]["port"] = "${port:milvus:grpc}"
+    data["cache"]["url"] = "redis://${addr:redis}/0"
+    if not config.model.base_url:
+        data["model"]["base_url"] = "${url:llm}/v1"
+    if not config.model.backup.base_url:
+        data["model"]["backup"]["base_url"] = "${url:llm}/v1"
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) -> ServiceSpec:
+    """The agent service at one version (the Stack makes one instance per replica)."""
+    knobs = config.stack.version_knobs(version)
+    agent = config.stack.agent
+    env = {
+        "ENVIRONMENT": config.environment,
+        "AGENT_CONFIG": "${confdir}/config.yaml",
+        "AGENT_VERSION": version,
+        "AGENT_FAIL_HEALTH": "1" if knobs.fail_health else "0",
+        "AGENT_ERROR_RATE": str(knobs.error_rate),
+        "AGENT_LATENCY_MS": str(knobs.latency_ms),
+        # the seed's required variables (validated by the deploy rehearsal)
+        "MILVUS_HOST": "${host:milvus}",
+        "MILVUS_PORT": "${port:milvus:grpc}",
+        "REDIS_URL": "redis://${addr:redis}/0",
+        "OPENAI_BASE_URL": config.model.base_url or "${url:llm}/v1",
+        **agent.env,
+        **api_key_env,
+    }
+    image = knobs.image or _image(config, "agent")
+    return ServiceSpec(
+        name="agent",
+        role=ROLE_AGENT,
+        image=image,
+        command=(
+            "${python}", "-m", "uvicorn", agent.app,
+            "--host", "${bind}", "--port", "${port:http}",
+            "--workers", str(agent.workers),
+            "--no-access-log", "--timeout-graceful-shutdown", "10",
+            "--log-level", "warning",
+        ),
+        ports=(Port("http", agent.port),),
+        env=env,
+        health=HttpWaitStrategy("http", agent.health_path).with_timeout(config.stack.start_timeout),
+        depends_on=("redis", "milvus", "llm", "ingest"),
+        replicas=config.stack.replicas,
+        files={"config.yaml": agent_config_yaml(config)},
+        secret_env=frozenset(api_key_env),
+        requires={},
+        stop_grace=15.0,
+        cpus=config.stack.resources.limits.cpus,
+        memory=config.stack.resources.limits.memory,
+        cpu_reservation=config.stack.resources.reservations.cpus,
+        memory_reservation=config.stack.resources.reservations.memory,
+        version=version,
+    )
+
+
+def _knowledge_files(config: Config) -> dict[str, str]:
+    kdir = config.path(config.stack.knowledge_dir)
+    if not kdir.is_dir():
+        raise ConfigError(f"directory not found: {kdir}", source=config.source,
+                          key="stack.knowledge_dir")
+    files = {}
+    for p in sorted(kdir.iterdir()):
+        if p.is_file() and p.suffix in {".md", ".txt"}:
+            files[f"knowledge/{p.name}"] = p.read_text(encoding="utf-8")
+    if not files:
+        raise ConfigError(f"no .md or .txt documents in {kdir}", source=config.source,
+                          key="stack.knowledge_dir")
+    return files
+
+
+def build_stack_spec(config: Config, *, api_keys: Mapping[str, str]) -> StackSpec:
+    """The seed's stack for one environment.
+
+    Args:
+        config: the resolved configuration.
+        api_keys: env var name -> secret value for the LLM keys (never logged).
+    """
+    from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
+    from agentverify.traffic import nginx_conf
+
+    start_timeout = config.stack.start_timeout
+    ingest_key = {config.model.api_key_env: api_keys[config.model.api_key_env]}
+    llm = ServiceSpec(
+        name="llm", role=ROLE_LLM, image=_image(config, "llm"),
+        command=("${python}", "-m", "uvicorn", "agentverify.llm_stub.app:app",
+                 "--host", "${bind}", "--port", "${port:http}", "--no-access-log",
+                 "--log-level", "warning"),
+        ports=(Port("http", 8080),),
+        env={"LLM_STUB_API_KEYS": ",".join(api_keys.values())},
+        secret_env=frozenset({"LLM_STUB_API_KEYS"}),
+        health=HttpWaitStrategy("http", "/health").with_timeout(start_timeout),
+    )
+    redis = ServiceSpec(
+        name="redis", role=ROLE_CACHE, image=_image(config, "redis"),
+        command=("redis-server", "--port", "${port:redis}", "--bind", "${bind}",
+                 "--dir", "${datadir}", "--dbfilename", "dump.rdb", "--save", "",
+                 "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no"),
+        ports=(Port("redis", 6379, "redis"),),
+        health=PortWaitStrategy("redis").with_timeout(start_timeout),
+        requires={"redis-server": "redis-server"},
+        persistent=True,
+    )
+    milvus = ServiceSpec(
+        name="milvus", role=ROLE_VECTOR, image=_image(config, "milvus"),
+        command=("${python}", "-m", "milvus_lite", "server", "--data-dir", "${datadir}",
+                 "--host", "${bind}", "--port", "${port:grpc}"),
+        ports=(Port("grpc", 19530, "http"),),
+        health=PortWaitStrategy("grpc").with_timeout(start_timeout),
+        persistent=True,
+    )
+    ingest = ServiceSpec(
+        name="ingest", role=ROLE_JOB, kind="job", image=_image(config, "ingest"),
+        command=("${python}", "-m", "agentverify.reference_agent.ingest",
+                 "--config", "${confdir}/config.yaml", "--knowledge", "${confdir}/knowledge"),
+        env={"OPENAI_BASE_URL": config.model.base_url or "${url:llm}/v1", **ingest_key},
+        secret_env=frozenset(ingest_key),
+        depends_on=("milvus", "llm"),
+        files={"config.yaml": agent_config_yaml(config), **_knowledge_files(config)},
+    )
+    agent = agent_spec(config, version=config.stack.version, api_key_env=api_keys)
+    lb = ServiceSpec(
+        name="lb", role=ROLE_LB, image=_image(config, "lb"),
+        command=("nginx", "-e", "stderr", "-p", "${datadir}", "-c", "${confdir}/nginx.conf"),
+        ports=(Port("http", 80),),
+        health=HttpWaitStrategy("http", "/nginx-health").with_timeout(start_timeout),
+        depends_on=("agent",),
+        files={"nginx.conf": nginx_conf()},
+        requires={"nginx": "nginx-light"},
+        stop_grace=5.0,
+    )
+    services = [llm, redis, milvus, ingest, agent, lb]
+    if config.stack.alertmanager:
+        services.append(ServiceSpec(
+            name="alertmanager", role=ROLE_ALERTS, image=_image(config, "alertmanager"),
+            command=("prometheus-alertmanager", "--config.file=${confdir}/alertmanager.yml",
+                     "--storage.path=${datadir}",
+                     "--web.listen-address=${bind}:${port:http}",
+                     # clustering would bind 0.0.0.0:9094; a single instance needs none
+                     "--cluster.listen-address="),
+            ports=(Port("http", 9093),),
+            health=HttpWaitStrategy("http", "/-/ready").with_timeout(start_timeout),
+            files={"alertmanager.yml": alertmanager_yml(config)},
+            requires={"prometheus-alertmanager": "prometheus-alertmanager"},
+        ))
+    services.append(ServiceSpec(
+        name="prometheus", role=ROLE_METRICS, image=_image(config, "prometheus"),
+        command=("prometheus", "--config.file=${confdir}/prometheus.yml",
+                 "--storage.tsdb.path=${datadir}",
+                 "--web.listen-address=${bind}:${port:http}",
+                 "--web.enable-lifecycle", "--log.level=warn",
+                 # the default (1m) delays the first notification of a drill by a minute
+                 f"--rules.alert.resend-delay={config.monitoring.evaluation_interval}"),
+        ports=(Port("http", 9090),),
+        health=HttpWaitStrategy("http", "/-/ready").with_timeout(start_timeout),
+        depends_on=("llm", "alertmanager") if config.stack.alertmanager else ("llm",),
+        files={"prometheus.yml": prometheus_yml(config, alertmanager=config.stack.alertmanager),
+               "alert_rules.yml": alert_rules_yaml(config),
+               "targets/agents.json": "[]"},
+        requires={"prometheus": "prometheus"},
+        stop_grace=5.0,
+        persistent=True,
+    ))
+    return StackSpec(services=tuple(services), env_name=config.environment)
+

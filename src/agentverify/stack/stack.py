@@ -1,0 +1,568 @@
+"""The Stack: the whole system under test, brought up and changed as operations would.
+
+Example:
+    >>> from agentverify.config import load_config
+    >>> with Stack.from_config(load_config(env="dev"), backend="local") as stack:  # doctest: +SKIP
+    ...     httpx.post(stack.endpoints["lb"] + "/chat", json={"message": "hi"})
+    ...     stack.rolling_update("v2")
+
+``up()`` starts services in parallel along the dependency graph, each gated on its own
+readiness check; ``down()`` stops everything it started, in reverse order, and is
+idempotent. Agent replicas are individually addressable instances (``agent-0`` ..);
+every change to the set of serving replicas rewrites the nginx upstream and the
+Prometheus targets, and waits until nginx serves the new generation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentverify.errors import (
+    DeployError,
+    RollbackError,
+    ServiceStartError,
+    StackError,
+)
+from agentverify.secrets import Redactor
+from agentverify.stack.backend import Backend, Handle, get_backend
+from agentverify.stack.runstate import RunContext, reap_stale_runs
+from agentverify.stack.spec import (
+    ROLE_AGENT,
+    ROLE_LB,
+    ROLE_METRICS,
+    ServiceSpec,
+    StackSpec,
+)
+from agentverify.traffic import upstream_conf, wait_for_generation
+
+__all__ = ["Stack", "Replica", "ProgressEvent", "StepTiming"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A state change of one instance, for progress displays."""
+
+    instance: str
+    state: str  # starting | ready | failed | stopping | stopped | running-job | info
+    seconds: float | None = None
+    detail: str = ""
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class Replica:
+    """One agent replica: its slot (agent-N), the version it runs and its instance."""
+
+    slot: int
+    version: str
+    handle: Handle
+
+    @property
+    def instance(self) -> str:
+        return f"agent-{self.slot}"
+
+    @property
+    def url(self) -> str:
+        return self.handle.url("http")
+
+
+@dataclass
+class StepTiming:
+    """Timing of one replica's replacement during a rollout."""
+
+    instance: str
+    from_version: str
+    to_version: str
+    start_s: float
+    healthy_s: float
+    switched_s: float
+    stopped_s: float
+
+
+@dataclass
+class _State:
+    #: the serving instance of each non-agent service, by service name
+    services: dict[str, Handle] = field(default_factory=dict)
+    #: every instance started and not yet stopped (teardown stops exactly these)
+    started: list[Handle] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
+    generation: int = 0
+
+
+class Stack:
+    """The system under test, on one backend.
+
+    Args:
+        spec: what to run.
+        backend: how to run it (a :class:`~agentverify.stack.backend.Backend`).
+        agent_factory: ``version -> ServiceSpec`` of the agent at that version, used by
+            rolling updates, rollbacks and scaling.
+        progress: receives a :class:`ProgressEvent` for every state change.
+        redactor: masks secrets in every message this stack produces.
+    """
+
+    def __init__(self, spec: StackSpec, backend: Backend, *,
+                 agent_factory: Callable[[str], ServiceSpec] | None = None,
+                 progress: ProgressSink | None = None,
+                 redactor: Redactor | None = None,
+                 state_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.agent_factory = agent_factory
+        self.progress = progress or (lambda event: None)
+        self.redactor = redactor or Redactor()
+        self.state_dir = state_dir
+        self.run: RunContext | None = None
+        self.up_seconds: float | None = None
+        self._state = _State()
+        self._lock = threading.RLock()
+        self._abort = threading.Event()
+        self._is_up = False
+        self._agent_specs: dict[str, ServiceSpec] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config: Any, *, backend: str | Backend | None = None,
+                    progress: ProgressSink | None = None,
+                    environ: Mapping[str, str] | None = None,
+                    state_dir: Path | None = None) -> Stack:
+        """Build the seed's stack from a resolved :class:`~agentverify.config.Config`."""
+        from agentverify.secrets import resolve_api_keys
+        from agentverify.stack.spec import agent_spec, build_stack_spec
+
+        keys = resolve_api_keys(config, environ)
+        redactor = Redactor(keys.values())
+        spec = build_stack_spec(config, api_keys=keys)
+        be = backend if not isinstance(backend, (str, type(None))) else \
+            get_backend(backend or config.stack.backend)
+        stack = cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
+                    agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
+        stack.config = config
+        return stack
+
+    config: Any = None
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Stack:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def is_up(self) -> bool:
+        return self._is_up
+
+    @property
+    def replicas(self) -> list[Replica]:
+        with self._lock:
+            return list(self._state.replicas)
+
+    @property
+    def versions(self) -> list[str]:
+        return [r.version for r in self.replicas]
+
+    def service(self, name: str) -> Handle:
+        """The (first) running instance of a service."""
+        with self._lock:
+            handle = self._state.services.get(name)
+            running = sorted(self._state.services)
+        if handle is None:
+            raise StackError(f"service {name!r} is not running (running: {running})")
+        return handle
+
+    def instances(self) -> list[Handle]:
+        """Every instance currently started (services, replicas, ones being replaced)."""
+        with self._lock:
+            return list(self._state.started)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Service name -> URL reachable from this machine (127.0.0.1 only)."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for name, handle in self._state.services.items():
+                if handle.spec.ports:
+                    out[name] = handle.url()
+            for r in self._state.replicas:
+                out[r.instance] = r.url
+        return out
+
+    @property
+    def lb_url(self) -> str:
+        return self.service("lb").url("http")
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape of ``reports/stack.json``."""
+        services: dict[str, dict[str, Any]] = {}
+        for name, url in self.endpoints.items():
+            services[name] = {"url": url}
+        for r in self.replicas:
+            services[r.instance]["version"] = r.version
+        return {"backend": self.backend.name, "env": self.spec.env_name,
+                "run_id": self.run.run_id if self.run else None,
+                "run_dir": str(self.run.run_dir) if self.run else None,
+                "services": services}
+
+    def write_stack_json(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ up / down
+
+    def up(self) -> Stack:
+        """Start every service, dependencies first, in parallel where the graph allows."""
+        if self._is_up:
+            return self
+        reaped = reap_stale_runs(self.state_dir)
+        reaped += type(self.backend).reap_stale() if self.backend.name != "local" else []
+        for item in reaped:
+            self.progress(ProgressEvent(item, "info", detail="reaped leftover of a killed run"))
+        self.run = RunContext.create(self.backend.name, env_name=self.spec.env_name,
+                                     state_dir=self.state_dir)
+        self.backend.open(self.run)
+        atexit.register(self.down)
+        self._abort.clear()
+        started = time.monotonic()
+        order = self.spec.order()
+        futures: dict[str, cf.Future[None]] = {}
+        pool = cf.ThreadPoolExecutor(max_workers=len(order) + 2,
+                                     thread_name_prefix="agentverify-up")
+        try:
+            for svc in order:
+                futures[svc.name] = pool.submit(self._bring_up, svc, futures)
+            done, _ = cf.wait(futures.values(), return_when=cf.FIRST_EXCEPTION)
+            errors = [f.exception() for f in futures.values()
+                      if f.done() and f.exception() is not None]
+            first = next((e for e in errors if not isinstance(e, _Skipped)), None)
+            if first is not None:
+                self._abort.set()
+                raise first
+            cf.wait(futures.values())
+        except BaseException:
+            self._abort.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        self.up_seconds = time.monotonic() - started
+        self._is_up = True
+        return self
+
+    def _bring_up(self, svc: ServiceSpec, futures: Mapping[str, cf.Future[None]]) -> None:
+        for dep in svc.depends_on:
+            try:
+                futures[dep].result()
+            except BaseException as exc:
+                raise _Skipped(f"{svc.name}: not started, {dep} failed") from exc
+        if self._abort.is_set():
+            raise _Skipped(f"{svc.name}: not started, start-up aborted")
+        if svc.kind == "job":
+            self._run_job(svc)
+        elif svc.role == ROLE_AGENT:
+            self._agent_specs[svc.version or "v1"] = svc
+            self._start_replicas(svc, range(svc.replicas))
+            self._sync_targets()
+        else:
+            if svc.role == ROLE_LB:
+                with self._lock:
+                    self._state.generation += 1
+                    servers = [r.handle.address("http") for r in self._state.replicas]
+                    svc = svc.with_files(**{"upstream.conf":
+                                            upstream_conf(servers, self._state.generation)})
+            handle = self._start_instance(svc, svc.name)
+            with self._lock:
+                self._state.services[svc.name] = handle
+            if svc.role == ROLE_METRICS:
+                self._sync_targets()
+
+    def _peers(self) -> dict[str, Handle]:
+        with self._lock:
+            return dict(self._state.services)
+
+    def _start_instance(self, svc: ServiceSpec, instance: str, generation: int = 1) -> Handle:
+        """Start one instance and wait until its readiness check passes."""
+        self.progress(ProgressEvent(instance, "starting"))
+        t0 = time.monotonic()
+        try:
+            handle = self.backend.start(svc, instance, peers=self._peers(),
+                                        generation=generation)
+        except StackError as exc:
+            self.progress(ProgressEvent(instance, "failed", detail=str(exc).splitlines()[0]))
+            raise type(exc)(self.redactor(str(exc))) from None
+        with self._lock:
+            self._state.started.append(handle)
+        try:
+            if svc.health is not None:
+                svc.health.wait_until_ready(handle)
+        except StackError as exc:
+            if not self._abort.is_set():  # after an abort, failures are consequences
+                self.progress(ProgressEvent(instance, "failed", time.monotonic() - t0,
+                                            str(exc).splitlines()[0]))
+            raise type(exc)(self.redactor(str(exc))) from None
+        handle.ready_at = time.monotonic()
+        handle.extra["ready_seconds"] = handle.ready_at - t0
+        self.progress(ProgressEvent(instance, "ready", handle.ready_at - t0))
+        return handle
+
+    def _run_job(self, svc: ServiceSpec) -> None:
+        self.progress(ProgressEvent(svc.name, "running-job"))
+        t0 = time.monotonic()
+        res = self.backend.run_job(svc, svc.name, peers=self._peers(),
+                                   timeout=self.config.stack.start_timeout if self.config
+                                   else 120.0)
+        if not res.ok:
+            self.progress(ProgressEvent(svc.name, "failed", time.monotonic() - t0,
+                                        f"exit code {res.exit_code}"))
+            raise ServiceStartError(self.redactor(
+                f"job {svc.name} failed with exit code {res.exit_code}\n"
+                f"--- last output of {svc.name} ---\n"
+                + "\n".join(res.output.strip().splitlines()[-30:])))
+        last = (res.output.strip().splitlines() or [""])[-1]
+        self.progress(ProgressEvent(svc.name, "ready", time.monotonic() - t0, last))
+
+    def _start_replicas(self, svc: ServiceSpec, slots: range | list[int]) -> list[Replica]:
+        new: list[Replica] = []
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(slots)),
+                                   thread_name_prefix="agentverify-replica") as pool:
+            futs = {slot: pool.submit(self._start_instance,
+                                      svc.with_env(AGENT_REPLICA=f"agent-{slot}"),
+                                      f"agent-{slot}")
+                    for slot in slots}
+            errors = []
+            for slot, fut in futs.items():
+                try:
+                    new.append(Replica(slot, svc.version or "v1", fut.result()))
+                except BaseException as exc:  # collect, so every started one is tracked
+                    errors.append(exc)
+        with self._lock:
+            self._state.replicas.extend(new)
+            self._state.replicas.sort(key=lambda r: r.slot)
+        if errors:
+            raise errors[0]
+        return new
+
+    def down(self) -> None:
+        """Stop everything this stack started (reverse dependency order). Idempotent."""
+        with self._lock:
+            everything = list(self._state.started)
+            self._state = _State()
+            was_open = self.run is not None
+            self._is_up = False
+        order = {s.name: i for i, s in enumerate(self.spec.order())}
+        by_rank: dict[int, list[Handle]] = {}
+        for h in everything:
+            rank = order.get(h.spec.name, len(order))
+            by_rank.setdefault(rank, []).append(h)
+        errors: list[BaseException] = []
+        for rank in sorted(by_rank, reverse=True):
+            handles = by_rank[rank]
+            with cf.ThreadPoolExecutor(max_workers=len(handles)) as pool:
+                for h, fut in [(h, pool.submit(self._stop_quietly, h)) for h in handles]:
+                    exc = fut.exception()
+                    if exc is not None:
+                        errors.append(exc)
+        try:
+            self.backend.close()
+        finally:
+            if was_open and self.run is not None:
+                self.run.close()
+            atexit.unregister(self.down)
+        if errors:
+            raise StackError(f"teardown: {len(errors)} instance(s) did not stop cleanly: "
+                             f"{errors[0]}")
+
+    def _stop_quietly(self, handle: Handle) -> None:
+        self.progress(ProgressEvent(handle.name, "stopping"))
+        # teardown does not need graceful draining; a short grace keeps Ctrl-C snappy
+        self.backend.stop(handle, grace=min(handle.spec.stop_grace, 5.0))
+        self.progress(ProgressEvent(handle.name, "stopped"))
+
+    # ------------------------------------------------------------------ routing
+
+    def switch_traffic(self) -> float:
+        """Point the load balancer at the current replicas; seconds until it serves them."""
+        return self._sync_routing()
+
+    def _sync_routing(self, serving: list[Replica] | None = None) -> float:
+        with self._lock:
+            lb = self._state.services.get("lb")
+            if lb is None:
+                return 0.0
+            self._state.generation += 1
+            gen = self._state.generation
+            serving = self._state.replicas if serving is None else serving
+            servers = [r.handle.address("http") for r in serving]
+        t0 = time.monotonic()
+        self.backend.write_file(lb, "upstream.conf", upstream_conf(servers, gen))
+        res = self.backend.exec(lb, ["nginx", "-e", "stderr", "-p", "${datadir}", "-c",
+                                        "${confdir}/nginx.conf", "-s", "reload"])
+        if not res.ok:
+            raise StackError(f"nginx reload failed (exit {res.exit_code}): {res.output.strip()}")
+        wait_for_generation(lb.url("http"), gen)
+        return time.monotonic() - t0
+
+    def _sync_targets(self) -> None:
+        # under the lock: two threads syncing at once must not write a stale list last
+        with self._lock:
+            prom = self._state.services.get("prometheus")
+            if prom is None:
+                return
+            groups = [{"targets": ["%s:%d" % r.handle.address("http")],
+                       "labels": {"replica": r.instance, "version": r.version}}
+                      for r in self._state.replicas]
+            self.backend.write_file(prom, "targets/agents.json", json.dumps(groups, indent=1))
+
+    # ------------------------------------------------------------------ operations
+
+    def _agent_spec(self, version: str) -> ServiceSpec:
+        if version not in self._agent_specs:
+            if self.agent_factory is None:
+                raise StackError("this stack has no agent factory: cannot change versions")
+            self._agent_specs[version] = self.agent_factory(version)
+        return self._agent_specs[version]
+
+    @property
+    def current_version(self) -> str:
+        versions = self.versions
+        return max(set(versions), key=versions.count) if versions else \
+            (self.spec.by_role(ROLE_AGENT)[0].version or "v1")
+
+    def replace_replica(self, replica: Replica, version: str, *,
+                        on_step: Callable[[StepTiming], None] | None = None) -> Replica:
+        """Start the new instance, wait healthy, switch traffic to it, stop the old one."""
+        svc = self._agent_spec(version).with_env(AGENT_REPLICA=replica.instance)
+        t0 = time.monotonic()
+        try:
+            handle = self._start_instance(svc, replica.instance,
+                                          generation=replica.handle.generation + 1)
+        except StackError as exc:
+            self._discard_failed(replica.instance, replica.handle.generation + 1)
+            raise DeployError(f"{replica.instance} at {version} did not become healthy; "
+                              f"{replica.instance} stays on {replica.version}: {exc}") from exc
+        healthy = time.monotonic()
+        new = Replica(replica.slot, version, handle)
+        with self._lock:
+            self._state.replicas = [new if r is replica else r for r in self._state.replicas]
+        self._sync_routing()
+        self._sync_targets()
+        switched = time.monotonic()
+        self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
+        self.backend.stop(replica.handle)
+        self._forget(replica.handle)
+        self.progress(ProgressEvent(replica.handle.name, "stopped"))
+        step = StepTiming(replica.instance, replica.version, version, 0.0, healthy - t0,
+                          switched - t0, time.monotonic() - t0)
+        if on_step:
+            on_step(step)
+        return new
+
+    def _discard_failed(self, instance: str, generation: int) -> None:
+        with self._lock:
+            failed = [h for h in self._state.started
+                      if h.instance == instance and h.generation == generation]
+        for h in failed:
+            self.backend.stop(h, grace=1.0)
+            self._forget(h)
+
+    def _forget(self, handle: Handle) -> None:
+        with self._lock:
+            self._state.started = [h for h in self._state.started if h is not handle]
+
+    def rolling_update(self, version: str, *,
+                       on_step: Callable[[StepTiming], None] | None = None) -> list[StepTiming]:
+        """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
+
+        Raises:
+            DeployError: a new replica did not become healthy. Replicas already moved
+                stay on ``version``; the caller decides to roll back.
+        """
+        steps: list[StepTiming] = []
+        for replica in self.replicas:
+            if replica.version == version:
+                continue
+            self.replace_replica(replica, version,
+                                 on_step=lambda s: (steps.append(s), on_step and on_step(s)))
+        return steps
+
+    def rollback(self, version: str, *,
+                 on_step: Callable[[StepTiming], None] | None = None) -> list[StepTiming]:
+        """Bring every replica back to ``version``, one at a time."""
+        try:
+            return self.rolling_update(version, on_step=on_step)
+        except DeployError as exc:
+            raise RollbackError(f"rollback to {version} failed: {exc}") from exc
+
+    def scale(self, replicas: int, *, version: str | None = None) -> float:
+        """Scale the agent to ``replicas`` instances; returns seconds taken."""
+        if replicas < 1:
+            raise StackError("cannot scale the agent below 1 replica")
+        t0 = time.monotonic()
+        current = self.replicas
+        if replicas > len(current):
+            svc = self._agent_spec(version or self.current_version)
+            used = {r.slot for r in current}
+            slots = [s for s in range(replicas + len(current)) if s not in used]
+            self._start_replicas(svc, slots[: replicas - len(current)])
+            self._sync_routing()
+            self._sync_targets()
+        elif replicas < len(current):
+            keep = current[:replicas]
+            drop = current[replicas:]
+            with self._lock:
+                self._state.replicas = keep
+            self._sync_routing()
+            self._sync_targets()
+            for r in drop:
+                self.backend.stop(r.handle)
+                self._forget(r.handle)
+        return time.monotonic() - t0
+
+    def restart(self, name: str) -> Handle:
+        """Restart a (non-agent) service in place, keeping its ports and data."""
+        old = self.service(name)
+        self.progress(ProgressEvent(old.name, "stopping", detail="restart"))
+        peers = self._peers()
+        handle = self.backend.restart(old, peers=peers)
+        with self._lock:
+            self._state.services[name] = handle
+            self._state.started = [h for h in self._state.started if h is not old] + [handle]
+        if handle.spec.health is not None:
+            handle.spec.health.wait_until_ready(handle)
+        self.progress(ProgressEvent(handle.name, "ready"))
+        return handle
+
+    def restart_agents(self) -> list[StepTiming]:
+        """Rolling restart of every replica at its current version."""
+        steps = []
+        for replica in self.replicas:
+            self.replace_replica(replica, replica.version, on_step=steps.append)
+        return steps
+
+    def timings(self) -> dict[str, float]:
+        """Instance -> seconds from start to ready, for every instance that got ready."""
+        return {h.name: float(h.extra["ready_seconds"])  # type: ignore[arg-type]
+                for h in self.instances() if "ready_seconds" in h.extra}
+
+
+class _Skipped(StackError):
+    """A service was not started because a dependency failed (not the root cause)."""
