@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="validate the config and print the resolved values")
     _common(cfg)
     sub.add_parser("reap", help="stop processes/containers left by killed runs")
+    from agentverify.stack.compose import add_compose_cli
+
+    add_compose_cli(sub)
     return parser
 
 
@@ -246,7 +249,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap}
+def cmd_compose(args: argparse.Namespace) -> int:
+    from agentverify.stack.compose import cmd_compose as render
+
+    return render(args)
+
+
+COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap,
+            "compose": cmd_compose}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from agentverify.errors import AgentVerifyError, StackError
 from agentverify.report.journal import RunJournal, ScenarioResult
 from agentverify.secrets import Redactor
 from agentverify.stack.backend import resolve_backend_name
+from agentverify.stack.runstate import default_state_dir
 from agentverify.stack.stack import ProgressEvent, Stack
 
 __all__ = ["AgentVerifySession", "describe_event"]
@@ -81,7 +82,8 @@ class AgentVerifySession:
 
     def new_stack(self, config: Config | None = None) -> Stack:
         stack = Stack.from_config(config or self.config, backend=self.backend_name,
-                                  progress=self._progress, environ=self.environ)
+                                  progress=self._progress, environ=self.environ,
+                                  state_dir=default_state_dir(self.environ))
         for value in getattr(stack.redactor, "_values", []):
             self.redactor.add(value)
         return stack
@@ -143,7 +145,7 @@ class AgentVerifySession:
             with cm as stack:
                 ctx = ScenarioContext(stack, self.config, env=self.env,
                                       report_dir=self.report_dir, say=self.say,
-                                      backend=self.backend_name)
+                                      backend=self.backend_name, new_stack=self.fresh_stack)
                 try:
                     result = run_scenario(spec, ctx)
                 finally:

@@ -52,7 +52,7 @@ def test_single_and_multiple_scenarios_with_lines(tmp_path: Path) -> None:
         ("name: x\nsteps: [{helth: {}}]\n",
          "scenario 'x': step 1: unknown step type 'helth'; expected one of:"),
         ("name: x\nsteps: [{chat: {mesage: hi}}]\n",
-         "scenario 'x': step 1 (chat): unknown key 'mesage'; parameters: message"),
+         "scenario 'x': step 1 (chat): unknown key 'mesage'; parameters: label, message"),
         ("name: x\nsteps: [{traffic: {requests: lots}}]\n",
          "scenario 'x': step 1 (traffic): requests: Input should be a valid integer"),
         ("name: x\nsteps: []\n", "scenario 'x': 'steps' must be a non-empty list"),

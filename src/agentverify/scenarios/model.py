@@ -181,7 +181,7 @@ def _check_facts(path: Path, spec: ScenarioSpec) -> None:
 
     produced: set[str] = set()
     for step in spec.steps:
-        produced |= set(STEPS[step.type].facts)
+        produced |= set(step.params.fact_names(STEPS[step.type].facts))
     for fact in spec.expect:
         if fact not in produced:
             raise _fail(path, f"scenario {spec.name!r}: expect.{fact}: no step of this "

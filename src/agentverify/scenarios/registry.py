@@ -19,15 +19,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["STEPS", "StepParams", "StepType", "step", "load_builtin_steps"]
 
 
 class StepParams(BaseModel):
-    """Base of every step's parameters: unknown keys are errors."""
+    """Base of every step's parameters: unknown keys are errors.
+
+    ``label`` (every step has it) suffixes the step's facts, so one scenario can measure
+    the same thing twice: ``- targets: {label: scaled_up}`` gives ``targets_down_scaled_up``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str | None = Field(None, pattern=r"^[a-z0-9_]+$")
+
+    def fact_names(self, facts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"{f}_{self.label}" for f in facts) if self.label else facts
 
 
 @dataclass(frozen=True)

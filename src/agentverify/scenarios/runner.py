@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import Any, ContextManager
 
 import httpx
 
@@ -33,10 +33,14 @@ class ScenarioContext:
         env: environment name.
         report_dir: where reports (and backups, plots) go.
         say: prints a progress line.
+        new_stack: ``(**overrides) -> context manager`` yielding a fresh, running stack
+            of its own (the session's ``fresh_stack``), for steps that need a second one.
     """
 
     def __init__(self, stack: Any, config: Any, *, env: str, report_dir: Any,
-                 say: Callable[[str], None] = print, backend: str = "") -> None:
+                 say: Callable[[str], None] = print, backend: str = "",
+                 new_stack: Callable[..., ContextManager[Any]] | None = None) -> None:
+        self._new_stack = new_stack
         self.stack = stack
         self.config = config
         self.env = env
@@ -70,6 +74,15 @@ class ScenarioContext:
         except httpx.HTTPError as exc:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc
         return resp.json()
+
+    def new_stack(self, **overrides: Any) -> ContextManager[Any]:
+        """A fresh stack of its own (config ``overrides`` as dotted keys), torn down
+        when the ``with`` block ends: ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
+        """
+        if self._new_stack is None:
+            raise StackError("this scenario context cannot start a fresh stack "
+                             "(it was made without a session)")
+        return self._new_stack(**overrides)
 
     def defer(self, description: str, func: Callable[[], None]) -> None:
         """Run ``func`` after the scenario, even if it fails or is interrupted."""
@@ -126,6 +139,8 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
                 break
             finally:
                 record.seconds = time.monotonic() - t0
+            if step.params.label:
+                facts = {f"{k}_{step.params.label}": v for k, v in facts.items()}
             record.facts = dict(facts)
             ctx.facts.update(facts)
     finally:

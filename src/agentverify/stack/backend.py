@@ -168,7 +168,7 @@ def resolve_backend_name(name: str) -> str:
 
 
 def get_backend(name: str, **options: object) -> Backend:
-    """Instantiate a backend by registry name.
+    """Instantiate a backend by registry name (``options``: e.g. ``config=Config``).
 
     Raises:
         ConfigError: the name is unknown (lists the valid ones).

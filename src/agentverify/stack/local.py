@@ -58,7 +58,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, config: object | None = None) -> None:
+        self.config = config
         self.run: RunContext | None = None
         self._lock = threading.Lock()
         self._used_ports: set[int] = set()

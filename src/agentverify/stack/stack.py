@@ -145,7 +145,7 @@ class Stack:
         redactor = Redactor(keys.values())
         spec = build_stack_spec(config, api_keys=keys)
         be = backend if not isinstance(backend, (str, type(None))) else \
-            get_backend(backend or config.stack.backend)
+            get_backend(backend or config.stack.backend, config=config)
         stack = cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
                     agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
         stack.config = config
@@ -261,7 +261,11 @@ class Stack:
             cf.wait(futures.values())
         except BaseException:
             self._abort.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # stop what is up first: threads still waiting on those instances then fail
+            # fast, and any thread about to start one sees the abort flag
+            self._stop_started()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._stop_started()
             raise
         pool.shutdown(wait=True)
         self.up_seconds = time.monotonic() - started
@@ -299,7 +303,8 @@ class Stack:
         with self._lock:
             return dict(self._state.services)
 
-    def _start_instance(self, svc: ServiceSpec, instance: str, generation: int = 1) -> Handle:
+    def _start_instance(self, svc: ServiceSpec, instance: str, generation: int = 1, *,
+                        health_timeout: float | None = None) -> Handle:
         """Start one instance and wait until its readiness check passes."""
         self.progress(ProgressEvent(instance, "starting"))
         t0 = time.monotonic()
@@ -311,9 +316,14 @@ class Stack:
             raise type(exc)(self.redactor(str(exc))) from None
         with self._lock:
             self._state.started.append(handle)
+        if self._abort.is_set():  # start-up was aborted while this one was starting
+            self._stop_quietly(handle)
+            self._forget(handle)
+            raise _Skipped(f"{instance}: stopped, start-up aborted")
         try:
             if svc.health is not None:
-                svc.health.wait_until_ready(handle)
+                deadline = None if health_timeout is None else time.monotonic() + health_timeout
+                svc.health.wait_until_ready(handle, deadline=deadline)
         except StackError as exc:
             if not self._abort.is_set():  # after an abort, failures are consequences
                 self.progress(ProgressEvent(instance, "failed", time.monotonic() - t0,
@@ -364,10 +374,32 @@ class Stack:
     def down(self) -> None:
         """Stop everything this stack started (reverse dependency order). Idempotent."""
         with self._lock:
-            everything = list(self._state.started)
-            self._state = _State()
             was_open = self.run is not None
             self._is_up = False
+        error: StackError | None = None
+        try:
+            self._stop_started()
+        except StackError as exc:
+            error = exc
+        finally:
+            with self._lock:
+                self._state = _State()
+            atexit.unregister(self.down)
+        try:
+            self.backend.close()
+        except StackError as exc:
+            error = error or exc
+        # a record stays open while anything may be left: the next run reaps it
+        if error is None and was_open and self.run is not None:
+            self.run.close()
+        if error is not None:
+            raise error
+
+    def _stop_started(self) -> None:
+        """Stop every started instance, reverse dependency order, parallel within a rank."""
+        with self._lock:
+            everything = list(self._state.started)
+            self._state.started = []
         order = {s.name: i for i, s in enumerate(self.spec.order())}
         by_rank: dict[int, list[Handle]] = {}
         for h in everything:
@@ -381,12 +413,6 @@ class Stack:
                     exc = fut.exception()
                     if exc is not None:
                         errors.append(exc)
-        try:
-            self.backend.close()
-        finally:
-            if was_open and self.run is not None:
-                self.run.close()
-            atexit.unregister(self.down)
         if errors:
             raise StackError(f"teardown: {len(errors)} instance(s) did not stop cleanly: "
                              f"{errors[0]}")
@@ -448,13 +474,18 @@ class Stack:
             (self.spec.by_role(ROLE_AGENT)[0].version or "v1")
 
     def replace_replica(self, replica: Replica, version: str, *,
-                        on_step: Callable[[StepTiming], None] | None = None) -> Replica:
-        """Start the new instance, wait healthy, switch traffic to it, stop the old one."""
+                        on_step: Callable[[StepTiming], None] | None = None,
+                        health_timeout: float | None = None) -> Replica:
+        """Start the new instance, wait healthy, switch traffic to it, stop the old one.
+
+        ``health_timeout`` overrides the agent's readiness deadline (stack.start_timeout).
+        """
         svc = self._agent_spec(version).with_env(AGENT_REPLICA=replica.instance)
         t0 = time.monotonic()
         try:
             handle = self._start_instance(svc, replica.instance,
-                                          generation=replica.handle.generation + 1)
+                                          generation=replica.handle.generation + 1,
+                                          health_timeout=health_timeout)
         except StackError as exc:
             self._discard_failed(replica.instance, replica.handle.generation + 1)
             raise DeployError(f"{replica.instance} at {version} did not become healthy; "
@@ -487,6 +518,63 @@ class Stack:
     def _forget(self, handle: Handle) -> None:
         with self._lock:
             self._state.started = [h for h in self._state.started if h is not handle]
+
+    def start_standby(self, version: str) -> list[Replica]:
+        """Start a new generation of every replica at ``version``, next to the serving one.
+
+        The standby replicas are healthy but receive no traffic until :meth:`promote`
+        (the seed's "deploy application" step, done blue/green so nothing is dropped).
+
+        Raises:
+            DeployError: a standby replica did not become healthy (the ones that did are
+                stopped again; the serving replicas are untouched).
+        """
+        svc = self._agent_spec(version)
+        current = self.replicas
+        standby: list[Replica] = []
+        errors: list[BaseException] = []
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(current)),
+                                   thread_name_prefix="agentverify-standby") as pool:
+            futs = [(r, pool.submit(self._start_instance,
+                                    svc.with_env(AGENT_REPLICA=r.instance), r.instance,
+                                    r.handle.generation + 1)) for r in current]
+            for r, fut in futs:
+                try:
+                    standby.append(Replica(r.slot, version, fut.result()))
+                except BaseException as exc:  # keep going: every started one is tracked
+                    errors.append(exc)
+        if errors:
+            for r in standby:
+                self.backend.stop(r.handle, grace=1.0)
+                self._forget(r.handle)
+            for r in current:
+                self._discard_failed(r.instance, r.handle.generation + 1)
+            raise DeployError(f"standby replicas at {version} did not become healthy; "
+                              f"the serving replicas are untouched: {errors[0]}") from errors[0]
+        return standby
+
+    def agent_env(self, version: str) -> Mapping[str, str]:
+        """The environment the agent at ``version`` is deployed with (secrets included:
+        callers check presence, never print values)."""
+        return self._agent_spec(version).env
+
+    def discard(self, replica: Replica) -> None:
+        """Stop a replica that is not serving (e.g. a standby that failed its checks)."""
+        self.backend.stop(replica.handle, grace=1.0)
+        self._forget(replica.handle)
+
+    def promote(self, standby: list[Replica]) -> float:
+        """Switch traffic to ``standby`` replicas and stop the ones they replace."""
+        t0 = time.monotonic()
+        with self._lock:
+            old = self._state.replicas
+            self._state.replicas = sorted(standby, key=lambda r: r.slot)
+        self._sync_routing()
+        self._sync_targets()
+        switched = time.monotonic() - t0
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(old))) as pool:
+            list(pool.map(lambda r: (self.backend.stop(r.handle), self._forget(r.handle)), old))
+        return switched
 
     def rolling_update(self, version: str, *,
                        on_step: Callable[[StepTiming], None] | None = None) -> list[StepTiming]:

@@ -1,0 +1,213 @@
+"""A steady probe through the load balancer that records every request.
+
+While a rollout, rollback or scale runs, the probe sends requests at a fixed rate and
+records each one's send time, latency, status and the version that answered (from the
+``X-Agent-Version`` header). Its report gives the facts rehearsals are gated on:
+failed requests, the longest time without a successful answer, versions seen.
+
+Each request opens a fresh connection by default: a load-balancer reload closes idle
+keep-alive connections, and a client that reuses one at that instant sees a reset that
+says nothing about the service (RFC 9112 §9.3.1 lets clients retry those; httpx does
+not). ``keepalive=True`` measures with a pooled client instead.
+
+Example:
+    >>> probe = Probe("http://127.0.0.1:8080", rps=25).start()   # doctest: +SKIP
+    >>> stack.rolling_update("v2")
+    >>> report = probe.stop()
+    >>> report.failed, report.longest_gap_s
+    (0, 0.06)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+__all__ = ["Probe", "ProbeReport", "ProbeSample"]
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """One probe request: when it was sent (seconds since start), how it went."""
+
+    t: float
+    latency_s: float
+    status: int | str
+    version: str | None
+    replica: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def done(self) -> float:
+        return self.t + self.latency_s
+
+
+@dataclass
+class ProbeReport:
+    """What the probe saw between start and stop."""
+
+    samples: list[ProbeSample]
+    duration_s: float
+    rps_target: float
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def requests(self) -> int:
+        return len(self.samples)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.samples if not s.ok)
+
+    @property
+    def longest_gap_s(self) -> float:
+        """Longest time without a successful answer (start and end of the probe count)."""
+        done = sorted(s.done for s in self.samples if s.ok)
+        if not done:
+            return self.duration_s
+        edges = [0.0, *done, self.duration_s]
+        return max(b - a for a, b in zip(edges, edges[1:], strict=False))
+
+    @property
+    def versions(self) -> Counter[str]:
+        return Counter(s.version or "?" for s in self.samples if s.ok)
+
+    def failed_after(self, t: float) -> int:
+        return sum(1 for s in self.samples if s.t >= t and not s.ok)
+
+    def percentile_ms(self, q: float) -> float:
+        lat = sorted(s.latency_s for s in self.samples if s.ok)
+        if not lat:
+            return 0.0
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000.0
+
+    def error_ratio(self, version: str | None = None, since: float = 0.0) -> tuple[int, int]:
+        """(failed, total) among requests answered by ``version`` (any if None) since t."""
+        chosen = [s for s in self.samples if s.t >= since and
+                  (version is None or s.version == version)]
+        return sum(1 for s in chosen if not s.ok), len(chosen)
+
+    def failures(self, limit: int = 5) -> list[str]:
+        return [f"t={s.t:.2f}s {s.status} ({s.version or 'no version'})"
+                for s in self.samples if not s.ok][:limit]
+
+    def facts(self) -> dict[str, Any]:
+        return {"probe_requests": self.requests, "failed_requests": self.failed,
+                "longest_gap_s": round(self.longest_gap_s, 3),
+                "duration_s": round(self.duration_s, 3),
+                "probe_rps": round(self.requests / self.duration_s, 2) if self.duration_s else 0,
+                "probe_p95_ms": round(self.percentile_ms(0.95), 2),
+                "versions_seen": dict(self.versions)}
+
+    def latency_series(self) -> list[list[float]]:
+        return [[round(s.t, 3), round(s.latency_s * 1000.0, 2)] for s in self.samples]
+
+
+class Probe:
+    """Steady traffic at ``rps`` through ``base_url`` in background threads.
+
+    Args:
+        base_url: the load balancer.
+        rps: requests per second to send (sent on a fixed schedule).
+        path, body: ``POST path`` with ``body`` (a repeated question: cached answers).
+        timeout: per-request timeout; a request that times out counts as failed.
+        keepalive: reuse connections (see the module docstring).
+    """
+
+    def __init__(self, base_url: str, *, rps: float = 25.0, path: str = "/chat",
+                 body: dict[str, Any] | None = None, timeout: float = 10.0,
+                 keepalive: bool = False, workers: int = 32) -> None:
+        if rps <= 0:
+            raise ValueError("rps must be > 0")
+        self.base_url = base_url.rstrip("/")
+        self.rps = rps
+        self.path = path
+        self.body = body or {"message": "How do I reset my password?"}
+        self.timeout = timeout
+        self.keepalive = keepalive
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+        self._client = httpx.Client(timeout=timeout) if keepalive else None
+        self._samples: list[ProbeSample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._stopped_at: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the probe started (the time base of samples)."""
+        return time.monotonic() - self._t0
+
+    def start(self) -> Probe:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._schedule, name="probe-scheduler",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _schedule(self) -> None:
+        interval = 1.0 / self.rps
+        n = 0
+        while not self._stop.is_set():
+            due = self._t0 + n * interval
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            self._pool.submit(self._one)
+            n += 1
+
+    def _one(self) -> None:
+        t = time.monotonic()
+        headers = {} if self.keepalive else {"Connection": "close"}
+        status: int | str
+        version = replica = None
+        try:
+            if self._client is not None:
+                resp = self._client.post(self.base_url + self.path, json=self.body,
+                                         headers=headers)
+            else:
+                resp = httpx.post(self.base_url + self.path, json=self.body, headers=headers,
+                                  timeout=self.timeout)
+            status = resp.status_code
+            version = resp.headers.get("x-agent-version")
+            replica = resp.headers.get("x-agent-replica")
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica)
+        with self._lock:
+            self._samples.append(sample)
+
+    def snapshot(self) -> ProbeReport:
+        """The report so far, without stopping."""
+        with self._lock:
+            samples = sorted(self._samples, key=lambda s: s.t)
+        return self._report(samples, self.elapsed)
+
+    def stop(self) -> ProbeReport:
+        """Stop sending, wait for requests in flight, return the report. Idempotent."""
+        if self._stopped_at is None:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self._pool.shutdown(wait=True)
+            self._stopped_at = self.elapsed
+            if self._client is not None:
+                self._client.close()
+        with self._lock:
+            samples = sorted(self._samples, key=lambda s: s.t)
+        return self._report(samples, self._stopped_at)
+
+    def _report(self, samples: list[ProbeSample], duration: float) -> ProbeReport:
+        statuses: Counter[str] = Counter(str(s.status) for s in samples)
+        return ProbeReport(samples=samples, duration_s=duration, rps_target=self.rps,
+                           statuses=statuses)

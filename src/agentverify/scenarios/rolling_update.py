@@ -1,0 +1,199 @@
+"""Rollout rehearsals under steady traffic: rolling update, rollback, scale.
+
+Steps:
+
+=================  ========================================================================
+``probe_start``    start steady traffic through the load balancer (``rps``, default 25)
+``probe_stop``     stop it; facts: probe_requests, failed_requests, longest_gap_s, ...
+``rolling_update`` replace replicas one at a time with ``version``; a replica that fails
+                   its health check, or answers errors while it bakes, stops the rollout
+                   and (``auto_rollback``) every replica goes back to the old version
+``rollback``       every replica back to ``version`` (a tag), one at a time
+``scale``          scale the agent to ``replicas`` under traffic
+=================  ========================================================================
+
+A rollout drains each replica in nginx before stopping it (the new one is added and the
+old one removed in one reload, and the old process is stopped gracefully afterwards), so
+zero failed requests is achievable and is the default gate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field
+
+from agentverify.errors import DeployError, ScenarioError
+from agentverify.scenarios.probe import Probe
+from agentverify.scenarios.registry import StepParams, step
+
+__all__ = ["PROBE_KEY"]
+
+PROBE_KEY = "probe"
+
+
+def _final_version(versions: list[str]) -> str:
+    return versions[0] if versions and len(set(versions)) == 1 else "mixed"
+
+
+class ProbeStartParams(StepParams):
+    rps: float = Field(25.0, gt=0, le=2000)
+    message: str = "How do I reset my password?"
+    keepalive: bool = False
+
+
+@step("probe_start", params=ProbeStartParams)
+def probe_start(ctx: Any, params: ProbeStartParams) -> dict[str, Any]:
+    """Start steady traffic through the load balancer, recording every request."""
+    if PROBE_KEY in ctx.state:
+        raise ScenarioError("a probe is already running (probe_stop it first)")
+    probe = Probe(ctx.stack.lb_url, rps=params.rps, body={"message": params.message},
+                  keepalive=params.keepalive).start()
+    ctx.state[PROBE_KEY] = probe
+    # an interrupted scenario must not leave the probe's threads sending
+    ctx.defer("stop the probe", probe.stop)
+    ctx.say(f"  probe sending {params.rps:g} requests/s to {ctx.stack.lb_url}")
+    return {}
+
+
+@step("probe_stop", facts=("probe_requests", "failed_requests", "longest_gap_s",
+                           "duration_s", "probe_rps", "probe_p95_ms", "versions_seen",
+                           "final_versions", "final_version"))
+def probe_stop(ctx: Any, params: StepParams) -> dict[str, Any]:
+    """Stop the probe; report every request it sent."""
+    probe: Probe | None = ctx.state.pop(PROBE_KEY, None)
+    if probe is None:
+        raise ScenarioError("probe_stop without probe_start")
+    report = probe.stop()
+    ctx.series["probe latency ms"] = report.latency_series()
+    facts = report.facts()
+    facts["final_versions"] = ctx.stack.versions
+    facts["final_version"] = _final_version(ctx.stack.versions)
+    ctx.say(f"  probe: {report.requests} requests, {report.failed} failed, longest gap "
+            f"{report.longest_gap_s:.3f}s, statuses {dict(report.statuses)}, "
+            f"versions {dict(report.versions)}")
+    for line in report.failures():
+        ctx.say(f"  failed request {line}")
+    return facts
+
+
+def _probe(ctx: Any) -> Probe | None:
+    return ctx.state.get(PROBE_KEY)
+
+
+class RolloutParams(StepParams):
+    version: str = Field(..., min_length=1)
+    bake_s: float = Field(1.0, ge=0, le=600, description="watch each new replica this long")
+    max_error_ratio: float = Field(0.0, ge=0, le=1)
+    min_bake_requests: int = Field(3, ge=0)
+    auto_rollback: bool = True
+    health_timeout_s: float | None = Field(None, gt=0, description="default: stack.start_timeout")
+
+
+ROLLOUT_FACTS = ("rollout_completed", "rolled_back", "rollout_seconds", "replicas_updated",
+                 "rollout_failure", "from_version", "to_version", "rollback_seconds",
+                 "failed_after_rollback")
+
+
+def _bake(ctx: Any, version: str, replica: str, params: RolloutParams) -> str | None:
+    """Watch the probe's answers from the new replica; a reason to stop, or None."""
+    probe = _probe(ctx)
+    if probe is None or params.bake_s == 0:
+        return None
+    since = probe.elapsed
+    deadline = time.monotonic() + params.bake_s
+    while True:
+        time.sleep(min(0.1, params.bake_s))
+        report = probe.snapshot()
+        replica_samples = [s for s in report.samples if s.t >= since and s.replica == replica]
+        failed = sum(1 for s in replica_samples if not s.ok)
+        total = len(replica_samples)
+        if total and failed / total > params.max_error_ratio and total >= params.min_bake_requests:
+            return (f"{replica} at {version} answered {failed} of {total} requests with "
+                    f"errors while baking (allowed ratio {params.max_error_ratio:g})")
+        if time.monotonic() >= deadline:
+            return None
+
+
+def do_rollout(ctx: Any, params: RolloutParams) -> dict[str, Any]:
+    stack = ctx.stack
+    from_version = stack.current_version
+    facts: dict[str, Any] = {"from_version": from_version, "to_version": params.version,
+                             "rollout_completed": False, "rolled_back": False,
+                             "replicas_updated": 0, "rollout_failure": "",
+                             "rollback_seconds": 0.0, "failed_after_rollback": 0}
+    t0 = time.monotonic()
+    failure: str | None = None
+    for replica in stack.replicas:
+        if replica.version == params.version:
+            continue
+        try:
+            new = stack.replace_replica(replica, params.version,
+                                        health_timeout=params.health_timeout_s)
+        except DeployError as exc:
+            failure = str(exc).splitlines()[0]
+            break
+        facts["replicas_updated"] += 1
+        ctx.say(f"  {new.instance} now on {params.version}")
+        failure = _bake(ctx, params.version, new.instance, params)
+        if failure:
+            break
+    facts["rollout_seconds"] = round(time.monotonic() - t0, 3)
+    if failure is None:
+        facts["rollout_completed"] = True
+        return facts
+    facts["rollout_failure"] = failure
+    ctx.say(f"  rollout stopped: {failure}")
+    if params.auto_rollback and any(v != from_version for v in stack.versions):
+        ctx.say(f"  rolling back to {from_version}")
+        t1 = time.monotonic()
+        stack.rollback(from_version)
+        facts["rollback_seconds"] = round(time.monotonic() - t1, 3)
+        facts["rolled_back"] = True
+        probe = _probe(ctx)
+        if probe is not None:
+            done_at = probe.elapsed
+            time.sleep(max(params.bake_s, 0.5))  # watch the recovered fleet
+            facts["failed_after_rollback"] = probe.snapshot().failed_after(done_at)
+    elif params.auto_rollback:
+        facts["rolled_back"] = True  # nothing had moved: the fleet is still on from_version
+    return facts
+
+
+@step("rolling_update", params=RolloutParams, facts=ROLLOUT_FACTS)
+def rolling_update(ctx: Any, params: RolloutParams) -> dict[str, Any]:
+    """Replace replicas one at a time with ``version``; roll back automatically on failure."""
+    return do_rollout(ctx, params)
+
+
+class RollbackParams(StepParams):
+    version: str = Field(..., min_length=1)
+
+
+@step("rollback", params=RollbackParams,
+      facts=("rollback_seconds", "all_on_version", "rollback_replicas"))
+def rollback(ctx: Any, params: RollbackParams) -> dict[str, Any]:
+    """Every replica back to the tagged ``version``, one at a time, under traffic."""
+    t0 = time.monotonic()
+    steps = ctx.stack.rollback(params.version)
+    versions = ctx.stack.versions
+    ctx.say(f"  rolled back {len(steps)} replica(s) to {params.version} in "
+            f"{time.monotonic() - t0:.1f}s")
+    return {"rollback_seconds": round(time.monotonic() - t0, 3),
+            "all_on_version": all(v == params.version for v in versions),
+            "rollback_replicas": len(steps)}
+
+
+class ScaleParams(StepParams):
+    replicas: int = Field(..., ge=1, le=32)
+
+
+@step("scale", params=ScaleParams, facts=("scale_seconds", "replicas_after"))
+def scale(ctx: Any, params: ScaleParams) -> dict[str, Any]:
+    """Scale the agent to ``replicas`` (the seed's `--scale agent=N`) under traffic."""
+    before = len(ctx.stack.replicas)
+    seconds = ctx.stack.scale(params.replicas)
+    ctx.say(f"  scaled {before} -> {len(ctx.stack.replicas)} replicas in {seconds:.1f}s")
+    return {"scale_seconds": round(seconds, 3), "replicas_after": len(ctx.stack.replicas)}
+

@@ -1,0 +1,68 @@
+"""Helpers for integration tests: find what a run left behind, by run id only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """Pids of every process (host or container) that carries this run's id."""
+    needle = f"AGENTVERIFY_RUN_ID={run_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def containers_of_run(run_id: str) -> list[str]:
+    """Ids of containers and networks labelled with this run id (empty without docker)."""
+    label = f"label=agentverify.run={run_id}"
+    found = []
+    for args in (["docker", "ps", "-aq", "--filter", label],
+                 ["docker", "network", "ls", "-q", "--filter", label]):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=30).stdout
+        except FileNotFoundError:
+            return []
+        found += out.split()
+    return found
+
+
+def leftovers(run_id: str) -> list[str]:
+    return [f"pid {p}" for p in processes_of_run(run_id)] + \
+        [f"docker {c}" for c in containers_of_run(run_id)]
+
+
+def wait_for_file(path: Path, timeout: float, proc: subprocess.Popen | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                pass
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process exited with {proc.returncode} before writing "
+                                 f"{path}:\n{out}")
+        time.sleep(0.2)
+    raise AssertionError(f"{path} not written within {timeout}s")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)

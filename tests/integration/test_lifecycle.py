@@ -1,0 +1,101 @@
+"""Nothing leaks: Ctrl-C, SIGKILL then a new run, and a failed start leave no process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentverify.errors import ServiceNotReady, StackError
+from tests.integration.conftest import CONFIG, make_session, require_backend
+from tests.integration.helpers import leftovers, wait_for_file, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BACKENDS = [pytest.param("local"), pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def start_up(backend: str, tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
+    """`agentverify up` in a child process; returns it and its stack.json."""
+    require_backend(backend)
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentverify.cli", "up", "--env", "dev", "--backend", backend,
+         "--config", str(CONFIG), "--report-dir", str(tmp_path / "reports")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    stack = wait_for_file(tmp_path / "reports" / "stack.json", 180, proc)
+    return proc, stack
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_tears_everything_down(backend: str, tmp_path: Path) -> None:
+    proc, stack = start_up(backend, tmp_path)
+    run_id = stack["run_id"]
+    assert leftovers(run_id), "the stack's processes should be running before Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stack is down" in out
+    assert "Traceback" not in out
+    assert leftovers(run_id) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path) -> None:
+    proc, stack = start_up(backend, tmp_path)
+    run_id = stack["run_id"]
+    proc.kill()  # SIGKILL: no teardown can run
+    proc.communicate(timeout=30)
+    left = leftovers(run_id)
+    assert left, "after SIGKILL the services are orphaned (else this test proves nothing)"
+    assert (Path(stack["run_dir"]) / "run.json").is_file()
+
+    # the next run reaps them before it starts its own stack
+    session = make_session(backend, tmp_path / "reports2", env="dev",
+                           state_dir=tmp_path / "state")
+    try:
+        with session.fresh_stack() as second:
+            assert second.run.run_id != run_id
+            assert wait_until(lambda: leftovers(run_id) == [], 30), leftovers(run_id)
+    finally:
+        session.close()
+    assert leftovers(second.run.run_id) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agentverify_reap_removes_what_a_killed_run_left(backend: str, tmp_path: Path) -> None:
+    proc, stack = start_up(backend, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert leftovers(stack["run_id"])
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    reap = subprocess.run([sys.executable, "-m", "agentverify.cli", "reap"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert reap.returncode == 0, reap.stderr
+    assert "reaped" in reap.stdout
+    assert wait_until(lambda: leftovers(stack["run_id"]) == [], 30), leftovers(stack["run_id"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_start_names_the_service_shows_its_log_and_leaks_nothing(
+        backend: str, tmp_path: Path) -> None:
+    # v1 itself fails its health check: start-up must fail, not hang, and clean up
+    session = make_session(backend, tmp_path / "reports", env="dev",
+                           state_dir=tmp_path / "state",
+                           overrides={"stack.versions": {"v1": {"fail_health": True}},
+                                      "stack.start_timeout": 20})
+    stack = session.new_stack()
+    with pytest.raises(StackError) as info:
+        with stack:
+            pass
+    assert isinstance(info.value, ServiceNotReady)
+    message = str(info.value)
+    assert "agent-" in message and "not ready after" in message
+    assert "GET /health -> 200" in message and "503" in message
+    assert stack.run is not None
+    assert leftovers(stack.run.run_id) == []
