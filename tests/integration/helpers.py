@@ -7,21 +7,17 @@ import subprocess
 import time
 from pathlib import Path
 
+from agentverify.stack.runstate import belongs_to_run
 
-def processes_of_run(run_id: str) -> list[int]:
-    """Pids of every process (host or container) that carries this run's id."""
-    needle = f"AGENTVERIFY_RUN_ID={run_id}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+
+def processes_of_run(run_id: str, run_dir: str | Path) -> list[int]:
+    """Pids of every process (host or container) that belongs to this run.
+
+    The same test as the reaper's: the run id in the environment, or a log file / working
+    directory in the run directory (redis and nginx overwrite their environment).
+    """
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and belongs_to_run(int(e.name), run_id, run_dir)]
 
 
 def containers_of_run(run_id: str) -> list[str]:
@@ -38,8 +34,8 @@ def containers_of_run(run_id: str) -> list[str]:
     return found
 
 
-def leftovers(run_id: str) -> list[str]:
-    return [f"pid {p}" for p in processes_of_run(run_id)] + \
+def leftovers(run_id: str, run_dir: str | Path) -> list[str]:
+    return [f"pid {p}" for p in processes_of_run(run_id, run_dir)] + \
         [f"docker {c}" for c in containers_of_run(run_id)]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from agentverify.errors import ServiceNotReady, StackError
 from tests.integration.conftest import CONFIG, make_session, require_backend
-from tests.integration.helpers import leftovers, wait_for_file, wait_until
+from tests.integration.helpers import leftovers, processes_of_run, wait_for_file, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,24 +35,30 @@ def start_up(backend: str, tmp_path: Path) -> tuple[subprocess.Popen[str], dict]
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ctrl_c_tears_everything_down(backend: str, tmp_path: Path) -> None:
     proc, stack = start_up(backend, tmp_path)
-    run_id = stack["run_id"]
-    assert leftovers(run_id), "the stack's processes should be running before Ctrl-C"
+    run_id, run_dir = stack["run_id"], stack["run_dir"]
+    assert leftovers(run_id, run_dir), "the stack's processes should be running before Ctrl-C"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "stack is down" in out
     assert "Traceback" not in out
-    assert leftovers(run_id) == []
+    assert leftovers(run_id, run_dir) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path) -> None:
     proc, stack = start_up(backend, tmp_path)
-    run_id = stack["run_id"]
+    run_id, run_dir = stack["run_id"], stack["run_dir"]
     proc.kill()  # SIGKILL: no teardown can run
     proc.communicate(timeout=30)
-    left = leftovers(run_id)
+    left = leftovers(run_id, run_dir)
     assert left, "after SIGKILL the services are orphaned (else this test proves nothing)"
+    if backend == "local":
+        # redis-server and nginx overwrite their environment (process title): they must
+        # still be recognised as this run's, or the reaper would leave them running
+        names = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].split(b" ")[0]
+                 for p in processes_of_run(run_id, run_dir)}
+        assert {b"redis-server", b"nginx:"} <= names, names
     assert (Path(stack["run_dir"]) / "run.json").is_file()
 
     # the next run reaps them before it starts its own stack
@@ -61,10 +67,11 @@ def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path
     try:
         with session.fresh_stack() as second:
             assert second.run.run_id != run_id
-            assert wait_until(lambda: leftovers(run_id) == [], 30), leftovers(run_id)
+            assert wait_until(lambda: leftovers(run_id, run_dir) == [], 30), \
+                leftovers(run_id, run_dir)
     finally:
         session.close()
-    assert leftovers(second.run.run_id) == []
+    assert leftovers(second.run.run_id, second.run.run_dir) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -72,13 +79,14 @@ def test_agentverify_reap_removes_what_a_killed_run_left(backend: str, tmp_path:
     proc, stack = start_up(backend, tmp_path)
     proc.kill()
     proc.communicate(timeout=30)
-    assert leftovers(stack["run_id"])
+    run_id, run_dir = stack["run_id"], stack["run_dir"]
+    assert leftovers(run_id, run_dir)
     env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
     reap = subprocess.run([sys.executable, "-m", "agentverify.cli", "reap"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert reap.returncode == 0, reap.stderr
     assert "reaped" in reap.stdout
-    assert wait_until(lambda: leftovers(stack["run_id"]) == [], 30), leftovers(stack["run_id"])
+    assert wait_until(lambda: leftovers(run_id, run_dir) == [], 30), leftovers(run_id, run_dir)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,4 +106,4 @@ def test_a_failed_start_names_the_service_shows_its_log_and_leaks_nothing(
     assert "agent-" in message and "not ready after" in message
     assert "GET /health -> 200" in message and "503" in message
     assert stack.run is not None
-    assert leftovers(stack.run.run_id) == []
+    assert leftovers(stack.run.run_id, stack.run.run_dir) == []

@@ -68,4 +68,4 @@ def test_user_project_runs_fixtures_and_scenarios_on_one_stack(
                                     "measured": 200, "passed": False}
     assert gates["unhealthy_replicas"]["passed"] is True
     stack = json.loads((pytester.path / "reports" / "stack.json").read_text())
-    assert leftovers(stack["run_id"]) == []
+    assert leftovers(stack["run_id"], stack["run_dir"]) == []

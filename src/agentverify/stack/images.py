@@ -148,7 +148,7 @@ def parse_deb822_sources(text: str, suite: str = SUITE, *, source: str = "") -> 
             last_key = None
             continue
         if line[0] in " \t" and last_key is not None:  # folded continuation line
-            paragraphs[-1][last_key] += " " + line.strip()
+            paragraphs[-1][last_key] = f"{paragraphs[-1][last_key]} {line.strip()}".strip()
             continue
         key, sep, value = line.partition(":")
         if not sep:
@@ -403,6 +403,7 @@ _DOCKERFILE = """\
 # Stage 1 installs the third-party wheels: its layers stay cached while only the project
 # changes, and the wheels never reach the final image.
 FROM {base} AS deps
+LABEL {label}=deps-stage {hash_label}={deps_hash}
 COPY wheels /wheelhouse
 RUN python3 -m venv {venv} \\
  && {venv}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\
@@ -421,10 +422,11 @@ LABEL {label}=runtime {hash_label}={content_hash} agentverify.base={base}
 """
 
 
-def render_dockerfile(base: str, content_hash: str = "") -> str:
-    """The runtime image's Dockerfile (``content_hash`` only lands in a LABEL)."""
+def render_dockerfile(base: str, content_hash: str = "", deps_hash: str = "") -> str:
+    """The runtime image's Dockerfile (the hashes only land in LABELs)."""
     return _DOCKERFILE.format(base=base, venv=VENV, path=DEFAULT_PATH, label=LABEL,
-                              hash_label=HASH_LABEL, content_hash=content_hash or "-")
+                              hash_label=HASH_LABEL, content_hash=content_hash or "-",
+                              deps_hash=deps_hash or "-")
 
 
 def runtime_content_hash(base: str, wheels: Mapping[str, str], project_wheel_sha: str,
@@ -442,8 +444,9 @@ def runtime_content_hash(base: str, wheels: Mapping[str, str], project_wheel_sha
 
 
 def _require_debootstrap() -> str:
-    path = shutil.which("debootstrap") or (
-        "/usr/sbin/debootstrap" if os.access("/usr/sbin/debootstrap", os.X_OK) else None)
+    # a non-root PATH often lacks /usr/sbin, where Debian puts debootstrap
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    path = shutil.which("debootstrap", path=search)
     if path is None:
         raise BackendUnavailable("debootstrap not found: install debootstrap: "
                                  "apt-get install debootstrap")
@@ -962,12 +965,24 @@ def _ensure_runtime(engine: _Engine, base: str, python_version: str, project_dir
         for name in [*wheels, "requirements.txt"]:
             _link_or_copy(deps_dir / name, ctx / "wheels" / name)
         _link_or_copy(project_wheel, ctx / "project" / project_wheel.name)
-        (ctx / "Dockerfile").write_text(render_dockerfile(base, content), encoding="utf-8")
+        (ctx / "Dockerfile").write_text(render_dockerfile(base, content, deps_dir.name),
+                                        encoding="utf-8")
         image_id = engine.build(ctx, tag, nocache=rebuild,
                                 log=lambda line: progress(f"  {line[:110]}"))
     progress(f"runtime image {tag}: built in {time.monotonic() - t1:.1f}s")
     report.built.append(tag)
+    _prune_deps_stages(engine, keep=deps_dir.name)
     return image_id
+
+
+def _prune_deps_stages(engine: _Engine, *, keep: str) -> None:
+    """Drop the build cache of superseded wheelhouses (untagged stage-1 images, ~900 MB
+    each); the current one stays so a source-only change rebuilds in seconds."""
+    for img in engine.labelled("deps-stage"):
+        labels = img.get("Labels") or {}
+        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        if not tags and labels.get(HASH_LABEL) != keep:
+            engine.remove(img["Id"])
 
 
 def _prune_runtime(engine: _Engine, keep_id: str, report: ImageBuildReport,

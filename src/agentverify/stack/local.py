@@ -242,19 +242,19 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 pass
         # the leader may be gone while children of its group live on (nginx workers)
-        kill_group(proc.pid, run.run_id, signal.SIGKILL)
+        kill_group(proc.pid, run.run_id, run.run_dir, signal.SIGKILL)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             raise StackError(f"{handle.name} (pid {proc.pid}) did not exit after SIGKILL") \
                 from None
-        self._wait_group_gone(proc.pid, run.run_id)
+        self._wait_group_gone(proc.pid, run)
         run.forget_process(handle.key)
 
     @staticmethod
-    def _wait_group_gone(pgid: int, run_id: str, timeout: float = 5.0) -> None:
+    def _wait_group_gone(pgid: int, run: RunContext, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
-        while kill_group(pgid, run_id, 0) and time.monotonic() < deadline:
+        while kill_group(pgid, run.run_id, run.run_dir, 0) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def kill(self, handle: Handle) -> None:

@@ -9,8 +9,9 @@ Every run gets a run id and a directory under the state dir::
 A run that ends normally removes its processes and marks the record closed. A run
 killed with SIGKILL cannot; the next run finds the record, sees its owner is gone, and
 reaps what it left: each recorded process group is killed, but only after
-``/proc/<pid>/environ`` proves the process still carries this run's id (a recycled pid
-is never touched). Containers are reaped by label in the docker backend.
+:func:`belongs_to_run` proves the process is still this run's (its environment carries
+the run id, or its log file or working directory is in the run directory), so a
+recycled pid is never touched. Containers are reaped by label in the docker backend.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunContext", "default_state_dir", "process_alive", "reap_stale_runs",
-           "RUN_ID_ENV", "owner_alive"]
+__all__ = ["RunContext", "belongs_to_run", "default_state_dir", "kill_group",
+           "owner_alive", "process_alive", "reap_stale_runs", "RUN_ID_ENV"]
 
 RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
 KEEP_FINISHED_RUNS = 5
@@ -71,12 +72,29 @@ def owner_alive(pid: int, start_time: str | None) -> bool:
     return process_alive(pid) and (start_time is None or _proc_start_time(pid) == start_time)
 
 
-def _carries_run_id(pid: int, run_id: str) -> bool:
+def belongs_to_run(pid: int, run_id: str, run_dir: Path | str) -> bool:
+    """Whether ``pid`` is a process this run started (safe against recycled pids).
+
+    A process of ours carries the run id in its environment; but servers that rewrite
+    their process title (redis-server, nginx) overwrite that memory, so a process whose
+    stdout/stderr (our log file) or working directory lies inside the run directory is
+    ours too.
+    """
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    return f"{RUN_ID_ENV}={run_id}".encode() in environ.split(b"\0")
+    if f"{RUN_ID_ENV}={run_id}".encode() in environ.split(b"\0"):
+        return True
+    prefix = str(run_dir).rstrip("/") + "/"
+    for link in ("fd/1", "fd/2", "cwd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/{link}").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            return True
+    return False
 
 
 def _pids_in_group(pgid: int) -> list[int]:
@@ -92,9 +110,10 @@ def _pids_in_group(pgid: int) -> list[int]:
     return pids
 
 
-def kill_group(pgid: int, run_id: str, sig: int = signal.SIGKILL) -> bool:
+def kill_group(pgid: int, run_id: str, run_dir: Path | str,
+               sig: int = signal.SIGKILL) -> bool:
     """Signal a process group of ours; True if anything of it was still there."""
-    members = [p for p in _pids_in_group(pgid) if _carries_run_id(p, run_id)]
+    members = [p for p in _pids_in_group(pgid) if belongs_to_run(p, run_id, run_dir)]
     if not members:
         return False
     try:
@@ -193,7 +212,7 @@ def reap_stale_runs(state_dir: Path | None = None) -> list[str]:
         run_id = rec["run_id"]
         for key, proc in (rec.get("processes") or {}).items():
             pgid = int(proc["pgid"])
-            if kill_group(pgid, run_id, signal.SIGKILL):
+            if kill_group(pgid, run_id, d, signal.SIGKILL):
                 reaped.append(f"{run_id}/{key} (process group {pgid})")
         rec["closed"] = True
         rec["reaped"] = time.time()

@@ -129,6 +129,7 @@ class Stack:
         self._abort = threading.Event()
         self._is_up = False
         self._agent_specs: dict[str, ServiceSpec] = {}
+        self._job_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -348,6 +349,8 @@ class Stack:
                 f"--- last output of {svc.name} ---\n"
                 + "\n".join(res.output.strip().splitlines()[-30:])))
         last = (res.output.strip().splitlines() or [""])[-1]
+        with self._lock:
+            self._job_seconds[svc.name] = time.monotonic() - t0
         self.progress(ProgressEvent(svc.name, "ready", time.monotonic() - t0, last))
 
     def _start_replicas(self, svc: ServiceSpec, slots: range | list[int]) -> list[Replica]:
@@ -648,8 +651,11 @@ class Stack:
 
     def timings(self) -> dict[str, float]:
         """Instance -> seconds from start to ready, for every instance that got ready."""
-        return {h.name: float(h.extra["ready_seconds"])  # type: ignore[arg-type]
-                for h in self.instances() if "ready_seconds" in h.extra}
+        out = {h.name: float(h.extra["ready_seconds"])  # type: ignore[arg-type]
+               for h in self.instances() if "ready_seconds" in h.extra}
+        with self._lock:
+            out.update(self._job_seconds)
+        return out
 
 
 class _Skipped(StackError):

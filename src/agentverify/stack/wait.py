@@ -131,7 +131,15 @@ class PortWaitStrategy(WaitStrategy):
 
     def check(self, target: ServiceTarget) -> bool:
         host, port = target.endpoint(self.port)
-        with socket.create_connection((host, port), timeout=1.0):
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            # a publishing proxy (docker-proxy) accepts at once and closes the connection
+            # when nothing listens behind it yet: an EOF within a moment is "not yet"
+            sock.settimeout(0.1)
+            try:
+                if sock.recv(1, socket.MSG_PEEK) == b"":
+                    raise _NotYet("connection closed at once: nothing listens behind it yet")
+            except TimeoutError:
+                pass
             return True
 
     def describe(self) -> str:

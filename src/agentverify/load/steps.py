@@ -1,0 +1,555 @@
+"""Load rehearsal steps: load with SLO and cost gates, and the agent's cost controls.
+
+===============  ===========================================================================
+``load``         Locust load through the load balancer (child process; ``workers: N`` for
+                 master/worker mode): latency, throughput, errors, the run's tokens and
+                 dollars from the LLM ledger, cross-checked against ``token_usage_total``
+                 in Prometheus; stops early on an SLO breach (``slo.abort_on_fail``) or
+                 when the budget is spent
+``cache_cost``   two short loads at a low and a high repeat ratio: cost per request falls
+                 as the cache hit ratio rises, and a cache hit makes no LLM call
+``max_tokens``   fresh questions: no completion is longer than ``model.max_tokens``, and
+                 the usage the agent reports is what the LLM ledger billed
+``rate_limit``   sets a per-client limit on the fleet (``POST /admin/rate-limit``, shared
+                 through Redis), bursts one client through the load balancer: beyond the
+                 rate it answers 429 with ``Retry-After``, another client is not limited;
+                 the previous setting is restored afterwards
+===============  ===========================================================================
+
+Gates that come from the config rather than the scenario file are counted into
+``slo_violations`` (``slo.*`` of the environment) and ``cost_violations``
+(``cost.budget_usd``, ``cost.max_cost_per_request_usd``,
+``cost.max_cost_per_1k_requests_usd``), with the reasons in ``slo_violation`` /
+``cost_violation``, so ``expect: {slo_violations: "== 0"}`` gates each environment on its
+own objectives.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field
+
+from agentverify.cost import (
+    Budget,
+    LedgerDelta,
+    PriceTable,
+    check_tokens,
+    counter_increase,
+    format_usd,
+)
+from agentverify.errors import ScenarioError
+from agentverify.load.driver import LoadDriver
+from agentverify.load.plan import LoadPlan
+from agentverify.load.stats import SLO, SLOAbort, slo_breaches
+from agentverify.scenarios.registry import StepParams, step
+from agentverify.scenarios.smoke import load_prompts
+
+__all__ = ["LoadParams", "MetricReading", "plan_from_config", "read_metrics"]
+
+TOKEN_METRIC = "token_usage_total"
+CACHE_METRIC = "cache_requests_total"
+COST_METRIC = "llm_cost_usd_total"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class SLOParams(StepParams):
+    """Per-step overrides of the environment's ``slo:`` objectives."""
+
+    p50_ms: float | None = Field(None, gt=0)
+    p95_ms: float | None = Field(None, gt=0)
+    p99_ms: float | None = Field(None, gt=0)
+    error_ratio: float | None = Field(None, ge=0, le=1)
+    min_rps: float | None = Field(None, ge=0)
+
+
+class LoadParams(StepParams):
+    """Parameters of ``load``; each ``None`` falls back to the config's ``load:``."""
+
+    users: int | None = Field(None, ge=1, le=10_000)
+    spawn_rate: float | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0, le=86_400)
+    shape: Literal["constant", "ramp", "step"] | None = None
+    steps: int = Field(4, ge=1, le=100)
+    repeat_ratio: float | None = Field(None, ge=0, le=1)
+    hot_set: int = Field(5, ge=1, le=1000)
+    user_rps: float | None = Field(None, gt=0)
+    workers: int | None = Field(None, ge=0, le=64)
+    locustfile: str | None = None
+    budget_usd: float | None = Field(None, ge=0)
+    abort_on_fail: bool | None = None
+    slo: SLOParams = Field(default_factory=SLOParams)
+    warmup_s: float = Field(3.0, ge=0)
+    warmup_requests: int = Field(50, ge=1)
+    check_metrics: bool = True
+    metrics_timeout_s: float = Field(20.0, gt=0)
+
+
+def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan:
+    """The :class:`LoadPlan` of a step: params over the config's ``load:`` section."""
+    cfg = ctx.config.load
+
+    def pick(name: str) -> Any:
+        # an explicit override wins, even None (cache_cost always runs the agent user)
+        if name in overrides:
+            return overrides[name]
+        value = getattr(params, name, None)
+        return getattr(cfg, name) if value is None else value
+
+    locustfile = pick("locustfile")
+    prompts = tuple(load_prompts(ctx.config.path(cfg.prompts))) if not locustfile else ()
+    return LoadPlan(
+        host=ctx.stack.lb_url,
+        users=int(pick("users")),
+        spawn_rate=float(pick("spawn_rate")),
+        duration_s=float(pick("duration_s")),
+        shape=pick("shape"),
+        steps=overrides.get("steps", params.steps),
+        repeat_ratio=float(pick("repeat_ratio")),
+        hot_set=overrides.get("hot_set", params.hot_set),
+        prompts=prompts,
+        workers=int(pick("workers")),
+        locustfile=str(ctx.config.path(locustfile)) if locustfile else None,
+        user_rps=overrides.get("user_rps", params.user_rps),
+        client_prefix=f"av-{uuid.uuid4().hex[:8]}",
+        seed=int(overrides.get("seed", 0)),
+    )
+
+
+def _log_path(ctx: Any, name: str) -> Path | None:
+    report_dir = getattr(ctx, "report_dir", None)
+    if report_dir is None:
+        return None
+    return Path(report_dir) / "load" / f"{name}-{time.strftime('%H%M%S')}.log"
+
+
+def _settled_ledger(ctx: Any, timeout: float = 5.0, gap: float = 0.3) -> dict[str, Any]:
+    """The ledger once two readings ``gap`` apart agree (answers in flight have landed)."""
+    deadline = time.monotonic() + timeout
+    last = ctx.ledger()
+    while time.monotonic() < deadline:
+        time.sleep(gap)
+        now = ctx.ledger()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+class MetricReading:
+    """The agent's counters as Prometheus holds them after a scrape that began at or
+    after ``since`` on every replica (``scraped`` is False when that never came)."""
+
+    def __init__(self, tokens: list[tuple[dict[str, str], float]],
+                 cache: list[tuple[dict[str, str], float]],
+                 cost: list[tuple[dict[str, str], float]], scraped: bool) -> None:
+        self.tokens, self.cache, self.cost, self.scraped = tokens, cache, cost, scraped
+
+
+def read_metrics(prometheus: Any, since: float, timeout: float) -> MetricReading:
+    """Wait for a scrape of every agent replica newer than ``since``, then read the
+    token, cache and cost counters (one instant query each)."""
+    deadline = time.monotonic() + timeout
+    scraped = False
+    while True:
+        samples = prometheus.query(f"min(timestamp({TOKEN_METRIC}))")
+        if samples and samples[0].value >= since:
+            scraped = True
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+
+    def read(metric: str) -> list[tuple[dict[str, str], float]]:
+        return [(s.labels, s.value) for s in prometheus.query(metric)]
+
+    return MetricReading(read(TOKEN_METRIC), read(CACHE_METRIC), read(COST_METRIC), scraped)
+
+
+def _ledger_cost(ctx: Any, prices: PriceTable, before: dict[str, Any]) -> float:
+    return prices.cost(LedgerDelta.between(before, ctx.ledger())).total_usd
+
+
+# --------------------------------------------------------------------------- load
+
+
+LOAD_FACTS = (
+    "requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms", "avg_ms", "max_ms",
+    "error_ratio", "users", "workers", "duration_s", "status_429", "status_5xx",
+    "aborted", "abort_reason", "budget_exceeded", "budget_usd",
+    "slo_violations", "slo_violation",
+    "ledger_llm_requests", "ledger_tokens", "ledger_prompt_tokens",
+    "ledger_completion_tokens", "ledger_embedding_tokens",
+    "metric_tokens", "tokens_agree", "token_mismatch_ratio", "token_mismatch",
+    "cost_usd", "metric_cost_usd", "cost_per_request_usd", "cost_per_1k_requests_usd",
+    "cost_violations", "cost_violation",
+    "cache_hits", "cache_misses", "cache_hit_ratio", "metric_cache_hit_ratio",
+    "cache_hit_llm_calls", "max_completion_tokens", "max_tokens_limit",
+)
+
+
+def cost_violations(cost_cfg: Any, *, cost_usd: float, per_request: float | None,
+                    budget_usd: float | None) -> list[str]:
+    """The config's cost objectives a run broke, as readable reasons."""
+    out = []
+    breach = Budget(budget_usd).breach(cost_usd)
+    if breach:
+        out.append(breach)
+    limit = cost_cfg.max_cost_per_request_usd
+    if limit is not None and per_request is not None and per_request > limit:
+        out.append(f"cost per request {format_usd(per_request)} > {format_usd(limit)}")
+    limit = cost_cfg.max_cost_per_1k_requests_usd
+    if limit is not None and per_request is not None and per_request * 1000 > limit:
+        out.append(f"cost per 1k requests {format_usd(per_request * 1000)} > "
+                   f"{format_usd(limit)}")
+    return out
+
+
+@step("load", params=LoadParams, facts=LOAD_FACTS)
+def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
+    """Locust load through the load balancer, with SLO and cost gates (see module)."""
+    config = ctx.config
+    plan = plan_from_config(ctx, params)
+    prices = PriceTable.from_config(config.cost)
+    budget_usd = params.budget_usd if params.budget_usd is not None else config.cost.budget_usd
+    budget = Budget(budget_usd)
+    slo = SLO.from_config(config.slo, **params.slo.model_dump())
+    abort_on_fail = (params.abort_on_fail if params.abort_on_fail is not None
+                     else config.slo.abort_on_fail)
+    slo_abort = SLOAbort(slo, params.warmup_s, params.warmup_requests)
+
+    ledger_before = ctx.ledger()
+    metrics_before = (read_metrics(ctx.prometheus, time.time(), params.metrics_timeout_s)
+                      if params.check_metrics else None)
+    state = {"budget": False}
+
+    def poll() -> str | None:
+        if budget.limit_usd is None:
+            return None
+        reason = budget.breach(_ledger_cost(ctx, prices, ledger_before))
+        if reason:
+            state["budget"] = True
+        return reason
+
+    shape = plan.shape + (f" x{plan.steps}" if plan.shape == "step" else "")
+    ctx.say(f"  load: {plan.users} users ({shape}, spawn {plan.spawn_rate:g}/s) for "
+            f"{plan.duration_s:g}s against {plan.host}, repeat ratio {plan.repeat_ratio:g}"
+            + (f", {plan.workers} Locust workers" if plan.workers else "")
+            + (f", budget {format_usd(budget_usd)}" if budget_usd is not None else "")
+            + (", abort on SLO breach" if abort_on_fail else ""))
+    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, "load")).run(
+        abort_on=slo_abort.check if abort_on_fail else None, poll=poll)
+    result = run.result
+    ctx.say(f"  {result.summary()}")
+
+    ledger_after = _settled_ledger(ctx)
+    delta = LedgerDelta.between(ledger_before, ledger_after)
+    cost = prices.cost(delta)
+    if cost.unpriced:
+        ctx.say(f"  no price for {', '.join(cost.unpriced)} in cost.prices: counted as $0")
+    per_request = cost.total_usd / result.requests if result.requests else None
+
+    facts: dict[str, Any] = {
+        "requests": result.requests, "failures": result.failures,
+        "rps": round(result.rps, 2), "p50_ms": result.p50_ms, "p95_ms": result.p95_ms,
+        "p99_ms": result.p99_ms, "avg_ms": round(result.avg_ms, 2), "max_ms": round(
+            result.max_ms, 1), "error_ratio": round(result.error_ratio, 6),
+        "users": result.users, "workers": result.workers,
+        "duration_s": round(result.duration_s, 2),
+        "status_429": result.status_codes.get("429", 0),
+        "status_5xx": sum(n for code, n in result.status_codes.items() if code.startswith("5")),
+        "aborted": run.aborted, "abort_reason": run.abort_reason,
+        "budget_exceeded": state["budget"], "budget_usd": budget_usd,
+        "ledger_llm_requests": delta.total("chat_requests"),
+        "ledger_tokens": delta.tokens,
+        "ledger_prompt_tokens": delta.total("prompt_tokens"),
+        "ledger_completion_tokens": delta.total("completion_tokens"),
+        "ledger_embedding_tokens": delta.total("embedding_tokens"),
+        "cost_usd": round(cost.total_usd, 6),
+        "cost_per_request_usd": round(per_request, 8) if per_request is not None else None,
+        "cost_per_1k_requests_usd": (round(per_request * 1000, 6)
+                                     if per_request is not None else None),
+        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
+        "cache_hit_ratio": (round(result.cache_hit_ratio, 4)
+                            if result.cache_hit_ratio is not None else None),
+        "max_completion_tokens": result.max_completion_tokens,
+        "max_tokens_limit": config.model.max_tokens,
+    }
+    if not plan.locustfile:
+        # every fresh answer is one chat completion; anything beyond is an LLM call made
+        # for a request the cache should have answered (or one nobody saw answered)
+        facts["cache_hit_llm_calls"] = delta.total("chat_requests") - result.cache_misses
+
+    slo_reasons = slo_breaches(result, slo)
+    facts["slo_violations"] = len(slo_reasons)
+    facts["slo_violation"] = "; ".join(slo_reasons) or "none"
+    cost_reasons = cost_violations(config.cost, cost_usd=cost.total_usd,
+                                   per_request=per_request, budget_usd=budget_usd)
+    facts["cost_violations"] = len(cost_reasons)
+    facts["cost_violation"] = "; ".join(cost_reasons) or "none"
+    for reason in slo_reasons + cost_reasons:
+        ctx.say(f"  objective missed: {reason}")
+
+    if metrics_before is not None:
+        after = read_metrics(ctx.prometheus, time.time(), params.metrics_timeout_s)
+        if not (after.scraped and metrics_before.scraped):
+            ctx.say(f"  Prometheus did not scrape every replica within "
+                    f"{params.metrics_timeout_s:g}s; comparing the latest values")
+        metric_kinds = counter_increase(metrics_before.tokens, after.tokens, by="kind")
+        check = check_tokens(delta.by_kind(), metric_kinds)
+        cache = counter_increase(metrics_before.cache, after.cache, by="result")
+        lookups = cache.get("hit", 0.0) + cache.get("miss", 0.0)
+        metric_cost = sum(counter_increase(metrics_before.cost, after.cost, by="model").values())
+        facts.update({
+            "metric_tokens": check.metric_total, "tokens_agree": check.agree,
+            "token_mismatch_ratio": check.mismatch_ratio, "token_mismatch": check.message,
+            "metric_cost_usd": round(metric_cost, 6),
+            "metric_cache_hit_ratio": (round(cache.get("hit", 0.0) / lookups, 4)
+                                       if lookups else None),
+        })
+        ctx.say(f"  tokens: ledger {check.ledger_total:,}, token_usage_total "
+                f"{check.metric_total:,} ({check.message}); cost {format_usd(cost.total_usd)}"
+                + (f", {format_usd(per_request * 1000)} per 1k requests"
+                   if per_request is not None else ""))
+
+    ctx.series["p95_ms"] = run.series("interval_p95_ms")
+    ctx.series["rps"] = run.series("interval_rps")
+    ctx.series["users"] = run.series("users")
+    return facts
+
+
+# --------------------------------------------------------------------------- cache_cost
+
+
+class CacheCostParams(StepParams):
+    low_repeat_ratio: float = Field(0.0, ge=0, le=1)
+    high_repeat_ratio: float = Field(0.9, ge=0, le=1)
+    users: int = Field(4, ge=1, le=1000)
+    duration_s: float = Field(5.0, gt=0, le=3600)
+    hot_set: int = Field(3, ge=1, le=100)
+    user_rps: float | None = Field(5.0, gt=0)
+    workers: int | None = Field(None, ge=0, le=64)
+
+
+def _measure(ctx: Any, prices: PriceTable, plan: LoadPlan, name: str) -> dict[str, Any]:
+    before = ctx.ledger()
+    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name)).run()
+    result = run.result
+    delta = LedgerDelta.between(before, _settled_ledger(ctx))
+    cost = prices.cost(delta).total_usd
+    ok = result.cache_hits + result.cache_misses
+    out = {
+        "requests": result.requests, "failures": result.failures,
+        "hit_ratio": result.cache_hits / ok if ok else 0.0,
+        "per_request": cost / result.requests if result.requests else 0.0,
+        "llm_calls_beyond_misses": delta.total("chat_requests") - result.cache_misses,
+    }
+    ctx.say(f"  repeat ratio {plan.repeat_ratio:g}: {result.requests:,} requests, cache hit "
+            f"ratio {out['hit_ratio']:.2f}, {delta.total('chat_requests')} LLM calls, "
+            f"{format_usd(out['per_request'])} per request")
+    return out
+
+
+@step("cache_cost", params=CacheCostParams,
+      facts=("cache_cost_low_hit_ratio", "cache_cost_high_hit_ratio",
+             "cache_cost_low_per_request_usd", "cache_cost_high_per_request_usd",
+             "cache_cost_ratio", "cache_cost_hit_llm_calls", "cache_cost_failures"))
+def cache_cost(ctx: Any, params: CacheCostParams) -> dict[str, Any]:
+    """Two short loads, few and many repeats: cost per request falls with the hit ratio."""
+    if params.high_repeat_ratio <= params.low_repeat_ratio:
+        raise ScenarioError(f"cache_cost: high_repeat_ratio ({params.high_repeat_ratio}) must "
+                            f"be above low_repeat_ratio ({params.low_repeat_ratio})")
+    prices = PriceTable.from_config(ctx.config.cost)
+    base = LoadParams(users=params.users, duration_s=params.duration_s, shape="constant",
+                      workers=params.workers, spawn_rate=float(params.users * 2),
+                      user_rps=params.user_rps)
+    low = plan_from_config(ctx, base, repeat_ratio=params.low_repeat_ratio,
+                           hot_set=params.hot_set, locustfile=None)
+    high = plan_from_config(ctx, base, repeat_ratio=params.high_repeat_ratio,
+                            hot_set=params.hot_set, locustfile=None)
+    # the hot set is answered once before, so a repeat is a hit from its first ask
+    for prompt in low.prompts[:params.hot_set]:
+        resp = ctx.http.post("/chat", json={"message": prompt})
+        if resp.status_code != 200:
+            raise ScenarioError(f"warming the cache: /chat answered {resp.status_code}: "
+                                f"{resp.text[:200]}")
+    a = _measure(ctx, prices, low, "cache-cost-low")
+    b = _measure(ctx, prices, high, "cache-cost-high")
+    ratio = b["per_request"] / a["per_request"] if a["per_request"] else None
+    return {
+        "cache_cost_low_hit_ratio": round(a["hit_ratio"], 4),
+        "cache_cost_high_hit_ratio": round(b["hit_ratio"], 4),
+        "cache_cost_low_per_request_usd": round(a["per_request"], 8),
+        "cache_cost_high_per_request_usd": round(b["per_request"], 8),
+        "cache_cost_ratio": round(ratio, 4) if ratio is not None else None,
+        "cache_cost_hit_llm_calls": a["llm_calls_beyond_misses"] + b["llm_calls_beyond_misses"],
+        "cache_cost_failures": a["failures"] + b["failures"],
+    }
+
+
+# --------------------------------------------------------------------------- max_tokens
+
+
+class MaxTokensParams(StepParams):
+    requests: int = Field(12, ge=1, le=10_000)
+    concurrency: int = Field(4, ge=1, le=256)
+
+
+@step("max_tokens", params=MaxTokensParams,
+      facts=("max_tokens_limit", "max_tokens_requests", "max_tokens_longest",
+             "max_tokens_over_limit", "max_tokens_at_limit", "max_tokens_usage_matches_ledger"))
+def max_tokens(ctx: Any, params: MaxTokensParams) -> dict[str, Any]:
+    """Fresh questions: no completion exceeds ``model.max_tokens``; usage is what was billed."""
+    limit = ctx.config.model.max_tokens
+    prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))
+    tag = uuid.uuid4().hex[:8]
+    messages = [f"{prompts[i % len(prompts)]} (max-tokens check {tag}-{i})"
+                for i in range(params.requests)]
+    url = ctx.stack.lb_url + "/chat"
+    before = ctx.ledger()
+
+    def ask(message: str, client: httpx.Client) -> tuple[int, int | None, bool]:
+        resp = client.post(url, json={"message": message})
+        if resp.status_code != 200:
+            return resp.status_code, None, False
+        body = resp.json()
+        return 200, int((body.get("usage") or {}).get("completion_tokens", 0)), \
+            bool(body.get("cached"))
+
+    with httpx.Client(timeout=30.0) as client, \
+            cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
+        try:
+            answers = list(pool.map(lambda m: ask(m, client), messages))
+        except httpx.HTTPError as exc:
+            raise ScenarioError(f"max_tokens: /chat through {url}: {exc}") from exc
+    failed = [status for status, _, _ in answers if status != 200]
+    if failed:
+        raise ScenarioError(f"max_tokens: {len(failed)} of {len(answers)} questions failed "
+                            f"(statuses {sorted(set(failed))})")
+    completions = [tokens for _, tokens, cached in answers if tokens is not None and not cached]
+    delta = LedgerDelta.between(before, _settled_ledger(ctx))
+    billed = delta.total("completion_tokens")
+    longest = max(completions, default=0)
+    ctx.say(f"  {len(completions)} fresh completions, longest {longest} tokens "
+            f"(max_tokens {limit}); usage {sum(completions):,} vs ledger {billed:,} "
+            f"completion tokens")
+    return {
+        "max_tokens_limit": limit, "max_tokens_requests": len(answers),
+        "max_tokens_longest": longest,
+        "max_tokens_over_limit": sum(1 for t in completions if t > limit),
+        "max_tokens_at_limit": sum(1 for t in completions if t == limit),
+        "max_tokens_usage_matches_ledger": billed == sum(completions),
+    }
+
+
+# --------------------------------------------------------------------------- rate_limit
+
+
+class RateLimitParams(StepParams):
+    requests_per_second: float = Field(5.0, gt=0)
+    burst: int = Field(5, ge=1)
+    requests: int = Field(40, ge=1, le=10_000)
+    concurrency: int = Field(8, ge=1, le=256)
+    message: str = Field("How do I reset my password?", min_length=1)
+    settle_timeout_s: float = Field(10.0, gt=0)
+
+
+def _wait_replicas_see(ctx: Any, want: dict[str, Any], timeout: float) -> None:
+    """Every replica reports ``want`` from ``GET /admin/rate-limit`` (each caches ~1 s)."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while True:
+        seen = {}
+        for replica in ctx.stack.replicas:
+            try:
+                seen[replica.instance] = httpx.get(replica.url + "/admin/rate-limit",
+                                                   timeout=5.0).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                seen[replica.instance] = f"{type(exc).__name__}: {exc}"
+        if all(isinstance(v, dict) and all(v.get(k) == w for k, w in want.items())
+               for v in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise ScenarioError(f"rate limit {want} did not reach every replica within "
+                                f"{timeout:g}s; replicas report {seen}")
+        time.sleep(0.2)
+
+
+@step("rate_limit", params=RateLimitParams,
+      facts=("rate_limit_requests", "rate_limit_allowed", "rate_limit_429",
+             "rate_limit_allowed_max", "rate_limit_excess", "rate_limit_retry_after",
+             "rate_limit_other_client_status", "rate_limit_other_errors",
+             "rate_limit_replicas_seen"))
+def rate_limit(ctx: Any, params: RateLimitParams) -> dict[str, Any]:
+    """A per-client limit set on one replica holds fleet-wide: 429 beyond the rate."""
+    http = ctx.http
+    try:
+        previous = http.get("/admin/rate-limit").json()
+        want = {"enabled": True, "requests_per_second": params.requests_per_second,
+                "burst": params.burst}
+        resp = http.post("/admin/rate-limit", json=want)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ScenarioError(f"rate_limit: /admin/rate-limit on {ctx.stack.lb_url}: {exc}") \
+            from exc
+    if resp.status_code != 200:
+        raise ScenarioError(f"rate_limit: POST /admin/rate-limit answered {resp.status_code}: "
+                            f"{resp.text[:200]}")
+    restore = {k: previous[k] for k in ("enabled", "requests_per_second", "burst")
+               if k in previous}
+
+    def put_back() -> None:
+        httpx.post(ctx.stack.lb_url + "/admin/rate-limit", json=restore, timeout=10.0)
+        _wait_replicas_see(ctx, restore, params.settle_timeout_s)
+
+    ctx.defer("restore the rate limit", put_back)
+    _wait_replicas_see(ctx, want, params.settle_timeout_s)
+    # answered once first, so the burst costs no LLM call
+    http.post("/chat", json={"message": params.message},
+              headers={"X-Client-Id": f"av-ratelimit-warm-{uuid.uuid4().hex[:8]}"})
+
+    client_id = f"av-ratelimit-{uuid.uuid4().hex[:8]}"
+    url = ctx.stack.lb_url + "/chat"
+
+    def one(client: httpx.Client) -> tuple[int, str | None, str | None]:
+        try:
+            r = client.post(url, json={"message": params.message},
+                            headers={"X-Client-Id": client_id})
+        except httpx.HTTPError as exc:
+            return 0, None, type(exc).__name__
+        return r.status_code, r.headers.get("retry-after"), r.headers.get("x-agent-replica")
+
+    with httpx.Client(timeout=30.0) as client, \
+            cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
+        t0 = time.monotonic()
+        answers = list(pool.map(lambda _: one(client), range(params.requests)))
+        elapsed = time.monotonic() - t0
+        other = client.post(url, json={"message": params.message},
+                            headers={"X-Client-Id": f"av-ratelimit-other-{uuid.uuid4().hex[:8]}"})
+    allowed = sum(1 for s, _, _ in answers if s == 200)
+    limited = [(s, ra) for s, ra, _ in answers if s == 429]
+    # a full bucket, refilled at the rate for as long as the burst lasted (+1: a token
+    # that came back while the last requests were in flight)
+    allowed_max = int(params.burst + params.requests_per_second * elapsed) + 1
+    replicas = {rep for _, _, rep in answers if rep}
+    ctx.say(f"  {params.requests} requests from one client in {elapsed:.2f}s through "
+            f"{len(replicas)} replicas: {allowed} answered, {len(limited)} got 429 "
+            f"(at most {allowed_max} may pass at {params.requests_per_second:g}/s, burst "
+            f"{params.burst}); another client got {other.status_code}")
+    return {
+        "rate_limit_requests": params.requests,
+        "rate_limit_allowed": allowed,
+        "rate_limit_429": len(limited),
+        "rate_limit_allowed_max": allowed_max,
+        "rate_limit_excess": max(0, allowed - allowed_max),
+        "rate_limit_retry_after": bool(limited) and all(ra for _, ra in limited),
+        "rate_limit_other_client_status": other.status_code,
+        "rate_limit_other_errors": sum(1 for s, _, _ in answers if s not in (200, 429)),
+        "rate_limit_replicas_seen": len(replicas),
+    }
