@@ -49,7 +49,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -936,7 +936,7 @@ def backup_stack(stack: Any, directory: Path, *, say: Say = _quiet, search_queri
         BackupRestoreError: a part could not be read or the archive written.
     """
     t0 = time.monotonic()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     redis_handle = stack.service(service_name(stack, "cache"))
     milvus_handle = stack.service(service_name(stack, "vector_store"))
     staging = Path(tempfile.mkdtemp(prefix="agentverify-backup-", dir=workdir))

@@ -54,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(cfg)
     sub.add_parser("reap", help="stop processes/containers left by killed runs")
     from agentverify.stack.compose import add_compose_cli
+    from agentverify.stack.images import add_images_cli
 
     add_compose_cli(sub)
+    add_images_cli(sub)
     return parser
 
 
@@ -255,8 +257,14 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return render(args)
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from agentverify.stack.images import cmd_images as images
+
+    return images(args)
+
+
 COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap,
-            "compose": cmd_compose}
+            "compose": cmd_compose, "images": cmd_images}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

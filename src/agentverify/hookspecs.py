@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 
-
 @pytest.hookspec(firstresult=True)
 def pytest_agentverify_make_backend(name: str, config: Any) -> Any:
     """Return a Backend for ``name`` to use instead of the built-in one, or None."""

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import httpx
 
+from agentverify import _http
 from agentverify.errors import StackError
 
 __all__ = ["GENERATION_HEADER", "nginx_conf", "upstream_conf", "wait_for_generation"]
@@ -86,7 +87,7 @@ def wait_for_generation(url: str, generation: int, *, timeout: float = 15.0) -> 
     while time.monotonic() - start < timeout:
         try:
             # a fresh connection each time: keep-alive would pin an old worker
-            resp = httpx.get(f"{url}/nginx-health", timeout=2.0,
+            resp = _http.client().get(f"{url}/nginx-health", timeout=2.0,
                              headers={"Connection": "close"})
             seen = resp.headers.get(GENERATION_HEADER)
             if seen is not None and int(seen) >= generation:

@@ -146,10 +146,10 @@ def test_ledger_and_metric_agree_and_cache_hits_made_no_llm_call(short_run: dict
 def test_distributed_mode_gives_the_same_shape(av_session: Any, stack: Any, tmp_path: Path,
                                                groups: list[int]) -> None:
     with scenario_context(av_session, stack, tmp_path) as ctx:
-        facts = load(ctx, LoadParams(duration_s=6, workers=2, repeat_ratio=0.5, **GENTLE))
+        facts = load(ctx, LoadParams(duration_s=5, workers=2, repeat_ratio=0.5, **GENTLE))
     assert set(facts) == set(LOAD_FACTS)
     assert facts["workers"] == 2 and facts["users"] == 4
-    assert facts["requests"] >= 30 and facts["failures"] == 0
+    assert facts["requests"] >= 25 and facts["failures"] == 0
     assert facts["tokens_agree"] is True, facts["token_mismatch"]
     assert facts["cache_hit_llm_calls"] == 0
     assert ctx.series["rps"]
@@ -162,8 +162,10 @@ def test_a_budget_breach_stops_the_load_early(av_session: Any, stack: Any,
     with scenario_context(av_session, stack, tmp_path) as ctx:
         facts = load(ctx, LoadParams(duration_s=60, repeat_ratio=0.0, budget_usd=0.05,
                                      check_metrics=False, **GENTLE))
+    assert set(facts) == set(LOAD_FACTS)
     assert facts["aborted"] is True and facts["budget_exceeded"] is True
     assert re.fullmatch(r"cost \$[\d.]+ > budget \$0\.05", facts["abort_reason"])
+    assert facts["tokens_agree"] is None  # check_metrics: false measures no metric facts
     assert facts["duration_s"] < 20
     assert facts["cost_usd"] > 0.05 and facts["cost_violations"] >= 1
 
@@ -208,7 +210,7 @@ def test_cost_per_request_falls_as_the_cache_hit_ratio_rises(av_session: Any, st
 
 
 def test_ctrl_c_stops_the_child_and_its_workers(stack: Any, groups: list[int]) -> None:
-    plan = LoadPlan(host=stack.lb_url, users=2, spawn_rate=4, duration_s=60, workers=2,
+    plan = LoadPlan(host=stack.lb_url, users=2, spawn_rate=4, duration_s=60, workers=1,
                     prompts=("How do I reset my password?",), repeat_ratio=1.0, hot_set=1,
                     user_rps=2.0)
 
@@ -221,7 +223,9 @@ def test_ctrl_c_stops_the_child_and_its_workers(stack: Any, groups: list[int]) -
 
 
 def test_max_tokens_is_honoured(av_session: Any, tmp_path: Path) -> None:
-    with av_session.fresh_stack(**{"model.max_tokens": 16, "stack.replicas": 1}) as stack, \
+    # the smallest stack whose agent cuts answers at 16 tokens
+    with av_session.fresh_stack(**{"model.max_tokens": 16, "stack.replicas": 1,
+                                   "stack.alertmanager": False}) as stack, \
             scenario_context(av_session, stack, tmp_path) as ctx:
         facts = max_tokens(ctx, MaxTokensParams(requests=8))
     assert facts["max_tokens_limit"] == 16
@@ -230,3 +234,22 @@ def test_max_tokens_is_honoured(av_session: Any, tmp_path: Path) -> None:
     assert facts["max_tokens_longest"] == 16
     assert facts["max_tokens_usage_matches_ledger"] is True
 
+
+
+def test_a_users_own_locustfile_runs_instead_of_the_built_in_user(stack: Any,
+                                                                   tmp_path: Path) -> None:
+    locustfile = tmp_path / "my_locustfile.py"
+    locustfile.write_text(
+        "from locust import FastHttpUser, constant_throughput, task\n\n\n"
+        "class HealthChecker(FastHttpUser):\n"
+        "    wait_time = constant_throughput(10)\n\n"
+        "    @task\n"
+        "    def health(self):\n"
+        "        self.client.get('/health')\n")
+    plan = LoadPlan(host=stack.lb_url, users=2, spawn_rate=4, duration_s=3,
+                    locustfile=str(locustfile))
+    run = LoadDriver(plan).run()
+    assert run.result.requests >= 20 and run.result.failures == 0
+    assert run.result.status_codes == {"200": run.result.requests}
+    assert run.result.stopped_by == "duration"
+    assert run.result.cache_hits == run.result.cache_misses == 0  # no agent answers here

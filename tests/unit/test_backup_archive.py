@@ -10,6 +10,7 @@ import io
 import json
 import random
 import tarfile
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,9 @@ def test_no_partial_file_is_left_when_the_destination_is_unwritable(staging: Pat
 
 
 def test_archive_names_are_unique_per_second(tmp_path: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    now = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    now = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
     first = _archive_path(tmp_path, now)
     assert first.name == "backup_20250304T050607Z.tar.gz"
     first.write_text("x")

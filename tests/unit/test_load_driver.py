@@ -149,7 +149,8 @@ def test_a_poll_reason_stops_the_load(fake_python: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("mode", "message"), [
-    ("crash", r"exited \(code 3\) without a result; last output:\nTraceback: something broke"),
+    ("crash", r"exited \(code 3\) without a result; last output \(.*child.log\):\n"
+              r"Traceback: something broke"),
     ("error", "the load could not run: RuntimeError: only 1 of 2 Locust workers connected"),
     ("garbage", "not JSON: 'this is not json'"),
 ])

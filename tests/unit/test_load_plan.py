@@ -23,10 +23,17 @@ def test_plan_round_trips_through_json() -> None:
 
 def test_plan_rejects_an_unknown_shape_and_a_missing_prompt_set() -> None:
     with pytest.raises(ValueError, match="shape"):
-        LoadPlan(host="h", prompts=PROMPTS, shape="sine")  # type: ignore[arg-type]
+        LoadPlan(host="http://127.0.0.1:1", prompts=PROMPTS,
+                 shape="sine")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prompts"):
-        LoadPlan(host="h")
-    assert LoadPlan(host="h", locustfile="mine.py").prompts == ()
+        LoadPlan(host="http://127.0.0.1:1")
+    assert LoadPlan(host="http://localhost:1", locustfile="mine.py").prompts == ()
+
+
+@pytest.mark.parametrize("host", ["http://10.0.0.5:80", "https://example.com", "h", ""])
+def test_load_targets_only_this_machine(host: str) -> None:
+    with pytest.raises(ValueError, match="only this machine"):
+        LoadPlan(host=host, prompts=PROMPTS)
 
 
 def test_repeat_ratio_is_the_share_of_hot_questions() -> None:

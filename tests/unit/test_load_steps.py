@@ -84,3 +84,12 @@ def test_the_bundled_load_scenario_gates_only_facts_its_steps_measure() -> None:
     assert set(LOAD_FACTS) >= {"requests", "rps", "p50_ms", "p95_ms", "p99_ms", "error_ratio",
                                "ledger_tokens", "metric_tokens", "cost_usd",
                                "cost_per_1k_requests_usd", "cache_hit_ratio"}
+
+
+def test_a_target_off_this_machine_is_refused_before_any_load() -> None:
+    from agentverify.errors import ScenarioError
+
+    ctx = _ctx()
+    ctx.stack = SimpleNamespace(lb_url="http://192.0.2.10:80")
+    with pytest.raises(ScenarioError, match="load: host: load targets only this machine"):
+        plan_from_config(ctx, LoadParams())

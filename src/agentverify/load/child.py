@@ -46,8 +46,6 @@ from agentverify.load.plan import ClientCounters, LoadPlan
 from agentverify.load.shapes import make_shape
 from agentverify.load.users import COUNTERS, count_statuses, make_agent_user
 
-log = logging.getLogger("agentverify.load.child")
-
 WORKERS_CONNECT_TIMEOUT_S = 30.0
 
 
@@ -249,12 +247,14 @@ def run_load(plan: LoadPlan, plan_path: str, stream: Stream, parent_pid: int) ->
                 break
             if time.monotonic() >= next_snapshot:
                 next_snapshot += plan.interval_s
-                stream.send("snapshot", **figures.snapshot())
+                # once the shape has ended, the users are being stopped: no more figures
+                if getattr(shape, "ended_at", None) is None:
+                    stream.send("snapshot", **figures.snapshot())
         stopped_at = time.monotonic()
         if reason["by"] == "duration" and getattr(shape, "ended_at", None):
             stopped_at = min(stopped_at, shape.ended_at)
         runner.stop()  # users finish the request in flight (stop_timeout), then stop
-        runner.quit()  # workers send their final report and exit
+        runner.quit()  # the master has every worker's final report; workers end below
         stream.send("result", **figures.result(workers=plan.workers, stopped_by=reason["by"],
                                                stopped_at=stopped_at))
         return 0

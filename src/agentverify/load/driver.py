@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +52,11 @@ STOP_GRACE_S = 2.0
 
 @dataclass
 class LoadRun:
-    """What one run measured, and whether the driver stopped it early."""
+    """What one run measured, and whether the driver stopped it early.
+
+    ``log_path`` is the child's output when the driver was given a place for it (a
+    temporary log is removed after a successful run).
+    """
 
     result: LoadResult
     snapshots: list[Snapshot] = field(default_factory=list)
@@ -153,6 +158,7 @@ class LoadDriver:
         info: list[str] = []
         result: LoadResult | None = None
         abort_reason: str | None = None
+        ok = False
         try:
             with open(log_path, "wb") as log:
                 try:
@@ -166,11 +172,17 @@ class LoadDriver:
                     os.close(write_fd)
                 result, abort_reason = self._read(read_fd, snapshots, info, log_path,
                                                   abort_on, poll, on_snapshot)
+            ok = True
         finally:
             os.close(read_fd)
             self._stop_group()
+            # the plan (and a default log) go; a failed run keeps its log for the message
+            plan_path.unlink(missing_ok=True)
+            if ok or self.log_path is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         return LoadRun(result=result, snapshots=snapshots, aborted=abort_reason is not None,
-                       abort_reason=abort_reason, log_path=log_path, info=info)
+                       abort_reason=abort_reason,
+                       log_path=self.log_path, info=info)
 
     def _read(self, fd: int, snapshots: list[Snapshot], info: list[str], log_path: Path,
               abort_on: Callable[[Snapshot], str | None] | None,
@@ -195,14 +207,14 @@ class LoadDriver:
                 if now > deadline or (stop_deadline is not None and now > stop_deadline):
                     raise LoadTestError(
                         f"the load child gave no result within {now - started:.0f}s; "
-                        f"last output:\n{_tail(log_path)}")
+                        f"last output ({log_path}):\n{_tail(log_path)}")
                 for _key, _ in selector.select(timeout=0.25):
                     chunk = os.read(fd, 65536)
                     if not chunk:  # EOF: the child is gone
                         code = proc.wait(timeout=10)
                         raise LoadTestError(
                             f"the load child exited (code {code}) without a result; "
-                            f"last output:\n{_tail(log_path)}")
+                            f"last output ({log_path}):\n{_tail(log_path)}")
                     buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -213,7 +225,8 @@ class LoadDriver:
                         return item, abort_reason
                     if isinstance(item, ChildError):
                         raise LoadTestError(f"the load could not run: {item.message}"
-                                            + (f"\nlast output:\n{_tail(log_path)}"
+                                            + (f"\nlast output ({log_path}):\n"
+                                               f"{_tail(log_path)}"
                                                if _tail(log_path) else ""))
                     if isinstance(item, ChildInfo):
                         info.append(item.message)

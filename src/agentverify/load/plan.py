@@ -21,6 +21,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 __all__ = ["ClientCounters", "LoadPlan", "PromptPicker", "SHAPES"]
 
@@ -32,7 +33,7 @@ class LoadPlan:
     """Everything the child needs to run one load.
 
     Attributes:
-        host: base URL of the target (the stack's load balancer), 127.0.0.1 only.
+        host: base URL of the target (the stack's load balancer); loopback only.
         users: peak number of concurrent users.
         spawn_rate: users started per second.
         duration_s: how long the load runs (the shape ends it).
@@ -76,6 +77,11 @@ class LoadPlan:
     path: str = "/chat"
 
     def __post_init__(self) -> None:
+        host = urlsplit(self.host).hostname or ""
+        if not (host == "localhost" or host == "::1" or host.startswith("127.")):
+            # load is only ever sent to this machine (DESIGN.md, "Rules that hold everywhere")
+            raise ValueError(f"host: load targets only this machine (127.0.0.1, localhost, "
+                             f"::1), got {self.host!r}")
         if self.shape not in SHAPES:
             raise ValueError(f"shape: expected one of {', '.join(SHAPES)}, got {self.shape!r}")
         if self.locustfile is None and not self.prompts:

@@ -93,7 +93,12 @@ class LoadParams(StepParams):
 
 
 def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan:
-    """The :class:`LoadPlan` of a step: params over the config's ``load:`` section."""
+    """The :class:`LoadPlan` of a step: params over the config's ``load:`` section.
+
+    Raises:
+        ScenarioError: the plan is impossible (e.g. a host that is not this machine).
+        ConfigError: the prompt file cannot be read.
+    """
     cfg = ctx.config.load
 
     def pick(name: str) -> Any:
@@ -105,22 +110,25 @@ def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan
 
     locustfile = pick("locustfile")
     prompts = tuple(load_prompts(ctx.config.path(cfg.prompts))) if not locustfile else ()
-    return LoadPlan(
-        host=ctx.stack.lb_url,
-        users=int(pick("users")),
-        spawn_rate=float(pick("spawn_rate")),
-        duration_s=float(pick("duration_s")),
-        shape=pick("shape"),
-        steps=overrides.get("steps", params.steps),
-        repeat_ratio=float(pick("repeat_ratio")),
-        hot_set=overrides.get("hot_set", params.hot_set),
-        prompts=prompts,
-        workers=int(pick("workers")),
-        locustfile=str(ctx.config.path(locustfile)) if locustfile else None,
-        user_rps=overrides.get("user_rps", params.user_rps),
-        client_prefix=f"av-{uuid.uuid4().hex[:8]}",
-        seed=int(overrides.get("seed", 0)),
-    )
+    try:
+        return LoadPlan(
+            host=ctx.stack.lb_url,
+            users=int(pick("users")),
+            spawn_rate=float(pick("spawn_rate")),
+            duration_s=float(pick("duration_s")),
+            shape=pick("shape"),
+            steps=overrides.get("steps", params.steps),
+            repeat_ratio=float(pick("repeat_ratio")),
+            hot_set=overrides.get("hot_set", params.hot_set),
+            prompts=prompts,
+            workers=int(pick("workers")),
+            locustfile=str(ctx.config.path(locustfile)) if locustfile else None,
+            user_rps=overrides.get("user_rps", params.user_rps),
+            client_prefix=f"av-{uuid.uuid4().hex[:8]}",
+            seed=int(overrides.get("seed", 0)),
+        )
+    except ValueError as exc:
+        raise ScenarioError(f"load: {exc}") from None
 
 
 def _log_path(ctx: Any, name: str) -> Path | None:
@@ -249,8 +257,7 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
     result = run.result
     ctx.say(f"  {result.summary()}")
 
-    ledger_after = _settled_ledger(ctx)
-    delta = LedgerDelta.between(ledger_before, ledger_after)
+    delta = LedgerDelta.between(ledger_before, _settled_ledger(ctx))
     cost = prices.cost(delta)
     if cost.unpriced:
         ctx.say(f"  no price for {', '.join(cost.unpriced)} in cost.prices: counted as $0")
@@ -259,14 +266,16 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "requests": result.requests, "failures": result.failures,
         "rps": round(result.rps, 2), "p50_ms": result.p50_ms, "p95_ms": result.p95_ms,
-        "p99_ms": result.p99_ms, "avg_ms": round(result.avg_ms, 2), "max_ms": round(
-            result.max_ms, 1), "error_ratio": round(result.error_ratio, 6),
+        "p99_ms": result.p99_ms, "avg_ms": round(result.avg_ms, 2),
+        "max_ms": round(result.max_ms, 1), "error_ratio": round(result.error_ratio, 6),
         "users": result.users, "workers": result.workers,
         "duration_s": round(result.duration_s, 2),
         "status_429": result.status_codes.get("429", 0),
         "status_5xx": sum(n for code, n in result.status_codes.items() if code.startswith("5")),
         "aborted": run.aborted, "abort_reason": run.abort_reason,
-        "budget_exceeded": state["budget"], "budget_usd": budget_usd,
+        # over budget: stopped for it, or went over between the last poll and the end
+        "budget_exceeded": state["budget"] or budget.breach(cost.total_usd) is not None,
+        "budget_usd": budget_usd,
         "ledger_llm_requests": delta.total("chat_requests"),
         "ledger_tokens": delta.tokens,
         "ledger_prompt_tokens": delta.total("prompt_tokens"),
@@ -319,6 +328,8 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
                 + (f", {format_usd(per_request * 1000)} per 1k requests"
                    if per_request is not None else ""))
 
+    for name in LOAD_FACTS:  # the same shape every time; a fact not measured is None
+        facts.setdefault(name, None)
     ctx.series["p95_ms"] = run.series("interval_p95_ms")
     ctx.series["rps"] = run.series("interval_rps")
     ctx.series["users"] = run.series("users")

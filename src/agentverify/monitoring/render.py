@@ -63,7 +63,7 @@ def alert_rules_yaml(config: Config) -> str:
         {"alert": "AgentHighErrorRate",
          "expr": f"sum(rate(requests_error_total[1m])) / clamp_min(sum(rate(requests_total[1m])), 1e-9) > {err}",
          "for": hold, "labels": {"severity": "critical", "runbook": "api_error"},
-         "annotations": {"summary": "error ratio above {}".format(err)}},
+         "annotations": {"summary": f"error ratio above {err}"}},
         {"alert": "AgentHighLatency",
          "expr": ("histogram_quantile(0.95, sum by (le) "
                   f"(rate(request_latency_seconds_bucket[1m]))) > {p95_s}"),

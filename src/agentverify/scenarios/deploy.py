@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
+from agentverify import _http
 from agentverify.errors import AgentVerifyError, DeployError
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.stack.wait import PortWaitStrategy
@@ -90,7 +91,8 @@ def deploy(ctx: Any, params: DeployParams) -> dict[str, Any]:
     def health() -> None:
         bad = []
         for r in standby:
-            resp = httpx.get(r.url + ctx.config.stack.agent.health_path, timeout=5.0)
+            resp = _http.client().get(r.url + ctx.config.stack.agent.health_path,
+                                      timeout=5.0)
             if resp.status_code != 200:
                 bad.append(f"{r.instance}: {resp.status_code}")
         if bad:

@@ -16,6 +16,7 @@ from typing import Any, ContextManager
 
 import httpx
 
+from agentverify import _http
 from agentverify.errors import AgentVerifyError, StackError
 from agentverify.report.journal import ScenarioResult, StepResult
 from agentverify.scenarios.model import ScenarioSpec
@@ -69,7 +70,7 @@ class ScenarioContext:
     def ledger(self) -> dict[str, Any]:
         """The LLM stub's ledger (requests and tokens it has served)."""
         try:
-            resp = httpx.get(self.llm_url() + "/ledger", timeout=5.0)
+            resp = _http.client().get(self.llm_url() + "/ledger", timeout=5.0)
             resp.raise_for_status()
         except httpx.HTTPError as exc:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
+from agentverify import _http
 from agentverify.errors import ConfigError, ScenarioError
 from agentverify.scenarios.registry import StepParams, step
 
@@ -58,7 +59,8 @@ def health(ctx: Any, params: StepParams) -> dict[str, Any]:
     healthy, bad = 0, []
     for r in ctx.stack.replicas:
         try:
-            resp = httpx.get(r.url + ctx.config.stack.agent.health_path, timeout=5.0)
+            resp = _http.client().get(r.url + ctx.config.stack.agent.health_path,
+                                      timeout=5.0)
             ok = resp.status_code == 200
             detail = f"{resp.status_code} {resp.text[:120]}"
         except httpx.HTTPError as exc:
@@ -182,7 +184,11 @@ class DashboardParams(StepParams):
       facts=("dashboard_panels", "dashboard_panels_with_data", "dashboard_panels_empty"))
 def dashboard(ctx: Any, params: DashboardParams) -> dict[str, Any]:
     """Every panel query of the Grafana dashboard returns a non-empty series."""
-    from agentverify.monitoring.dashboard import check_dashboard, dashboard_path, load_dashboard
+    from agentverify.monitoring.dashboard import (
+        check_dashboard,
+        dashboard_path,
+        load_dashboard,
+    )
 
     path = ctx.config.path(params.path) if params.path else dashboard_path()
     check = check_dashboard(load_dashboard(path), ctx.prometheus, timeout=params.timeout_s)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

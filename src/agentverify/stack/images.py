@@ -11,11 +11,13 @@ image name the configuration uses onto it. Nothing is ever pulled:
    the hash, so the same package list gives the same tag on every machine.
 2. **wheelhouse** — ``pip wheel`` of the project's runtime dependencies on the host into
    ``~/.cache/agentverify/wheelhouse/<hash of the requirements>`` (reused as long as the
-   requirements do not change), plus the project's own wheel, rebuilt when a file under
-   ``src/`` or ``pyproject.toml`` changes.
-3. **runtime** ``agentverify/runtime:<hash>`` — ``docker build`` (network ``none``,
-   ``FROM`` the local base, never pulled) installing the wheelhouse into ``/opt/agentverify``;
-   the hash covers the base tag, every wheel and the Dockerfile.
+   requirements do not change), completed for the *image's* Python (markers such as
+   ``python_full_version < "3.11.3"`` differ from the host's), plus the project's own
+   wheel, rebuilt when a file under ``src/`` or ``pyproject.toml`` changes.
+3. **runtime** ``agentverify/runtime:<hash>`` — a two-stage ``docker build`` (network
+   ``none``, ``FROM`` the local base, never pulled): the third-party wheels go into the
+   venv ``/opt/agentverify`` in a cached stage, the project's wheel on top, and no wheel
+   file stays in the image. The hash covers the base tag, every wheel and the Dockerfile.
 4. **role tags** — ``agentverify/python:local``, ``agentverify/redis:local`` ... all point
    at the runtime image. Names outside ``agentverify/`` are the user's: only checked.
 

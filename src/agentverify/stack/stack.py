@@ -412,7 +412,7 @@ class Stack:
         for rank in sorted(by_rank, reverse=True):
             handles = by_rank[rank]
             with cf.ThreadPoolExecutor(max_workers=len(handles)) as pool:
-                for h, fut in [(h, pool.submit(self._stop_quietly, h)) for h in handles]:
+                for fut in [pool.submit(self._stop_quietly, h) for h in handles]:
                     exc = fut.exception()
                     if exc is not None:
                         errors.append(exc)

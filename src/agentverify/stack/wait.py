@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import httpx
 
+from agentverify import _http
 from agentverify.errors import ServiceNotReady, ServiceStartError
 
 __all__ = [
@@ -162,7 +163,7 @@ class HttpWaitStrategy(WaitStrategy):
 
     def check(self, target: ServiceTarget) -> bool:
         host, port = target.endpoint(self.port)
-        resp = httpx.get(f"http://{host}:{port}{self.path}", timeout=2.0)
+        resp = _http.client().get(f"http://{host}:{port}{self.path}", timeout=2.0)
         if resp.status_code != self.status:
             raise _NotYet(f"GET {self.path} answered {resp.status_code}: {resp.text[:200]}")
         if self.body_contains is not None and self.body_contains not in resp.text:
