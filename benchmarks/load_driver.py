@@ -10,9 +10,9 @@ started here on 127.0.0.1), one after the other, in one run::
 The driver side is :class:`agentverify.load.driver.LoadDriver` with ``locustfile`` set
 (the child process, Locust as a library, JSON-lines stream); the plain side is
 ``locust -f FILE --headless -u N -r N -t Ns --host URL --csv PREFIX`` (``--processes N``
-with workers), read from its ``_stats.csv``. The ratio driver/plain near 1.0 means the
-driver's snapshots and stream cost nothing measurable. The server is stopped at the end,
-whatever happens.
+with workers), read from its ``_stats.csv``. Requests/s is requests / run time on both
+sides. The ratio driver/plain near 1.0 means the driver's snapshots and stream cost
+nothing measurable. The server is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def run_driver(url: str, locustfile: Path, users: int, duration: float,
     plan = LoadPlan(host=url, users=users, spawn_rate=float(users), duration_s=duration,
                     locustfile=str(locustfile), workers=workers)
     run = LoadDriver(plan, say=lambda line: None).run()
-    return run.result.rps, run.result.p95_ms, run.result.requests
+    return run.result.requests / duration, run.result.p95_ms, run.result.requests
 
 
 def run_plain(url: str, locustfile: Path, users: int, duration: float, workers: int,
-              workdir: Path) -> tuple[float, float, int]:
+              workdir: Path) -> tuple[float, float, int, float]:
     prefix = workdir / "plain"
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
            "-u", str(users), "-r", str(users), "-t", f"{duration:g}s", "--host", url,
@@ -124,7 +124,10 @@ def run_plain(url: str, locustfile: Path, users: int, duration: float, workers: 
                          f"{(workdir / 'plain.log').read_text()[-2000:]}")
     with open(f"{prefix}_stats.csv", newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
-    return float(row["Requests/s"]), float(row["95%"]), int(row["Request Count"])
+    # Locust's own "Requests/s" divides by first-to-last request of its stats window
+    # (about 1 s short of -t here), the driver by the run time: compare like with like
+    count = int(row["Request Count"])
+    return count / duration, float(row["95%"]), count, float(row["Requests/s"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.rounds):
                 order = ("driver", "plain") if n % 2 == 0 else ("plain", "driver")
                 for side in order:
+                    note = ""
                     if side == "driver":
                         got = run_driver(url, locustfile, args.users, args.duration,
                                          args.workers)
                     else:
-                        got = run_plain(url, locustfile, args.users, args.duration,
-                                        args.workers, workdir)
+                        *fig, own = run_plain(url, locustfile, args.users, args.duration,
+                                              args.workers, workdir)
+                        got = (fig[0], fig[1], fig[2])
+                        note = f"  (its own Requests/s column: {own:.1f})"
                     figures[side].append(got)
                     print(f"  round {n + 1} {side:6}: {got[0]:8.1f} requests/s  p95 "
-                          f"{got[1]:.0f} ms  ({got[2]:,} requests)")
+                          f"{got[1]:.0f} ms  ({got[2]:,} requests){note}")
     rps = {side: statistics.median(r for r, _, _ in runs) for side, runs in figures.items()}
     p95 = {side: statistics.median(p for _, p, _ in runs) for side, runs in figures.items()}
     print(f"agentverify load driver: {rps['driver']:8.1f} requests/s  p95 {p95['driver']:.0f} ms"

@@ -92,6 +92,7 @@ class _RawTarget:
 def raw_docker_run(env: str) -> float:
     """Seconds to start the stack's containers one by one with plain SDK calls."""
     import json
+    import shutil
     import tempfile
 
     import docker
@@ -180,6 +181,7 @@ def raw_docker_run(env: str) -> float:
             n.remove()
         run.close()
         client.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

@@ -140,7 +140,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=True)
     session = _session(args, say=lambda line: console.print(f"agentverify: {line}"))
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stack = session.new_stack()

@@ -29,11 +29,13 @@ from agentverify.stack.wait import HttpWaitStrategy, PortWaitStrategy
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "agentverify.yaml"
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: run a test on the shared staging stack of the docker backend only
-on_docker = pytest.mark.parametrize("backend_name", [pytest.param("docker", id="docker")],
-                                    indirect=True)
+on_docker = pytest.mark.parametrize(
+    "backend_name", [pytest.param("docker", id="docker", marks=pytest.mark.docker)],
+    indirect=True)
+needs_docker = pytest.mark.docker
 SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb"}
 
 
@@ -125,7 +127,7 @@ def test_one_network_per_run_with_dns_aliases(stack: Stack, client: Any) -> None
 def test_stack_json_has_the_same_shape_on_every_backend(stack: Stack) -> None:
     data = stack.to_json()
     assert set(data) == {"backend", "env", "run_id", "run_dir", "services"}
-    assert data["env"] == "staging"
+    assert (data["backend"], data["env"]) == (stack.backend.name, "staging")
     assert set(data["services"]) == SERVICES | {"agent-0", "agent-1", "agent-2"}
     for name, info in data["services"].items():
         expected = {"url", "version"} if name.startswith("agent-") else {"url"}
@@ -191,7 +193,7 @@ def test_scale_to_4_reloads_nginx_onto_the_new_replica(stack: Stack) -> None:
     assert [r.instance for r in stack.replicas] == ["agent-0", "agent-1", "agent-2"]
 
 
-@pytest.mark.slow
+@needs_docker
 def test_a_missing_image_is_one_line_naming_images_build(tmp_path: Path, client: Any) -> None:
     env = {**os.environ, "AGENTVERIFY_STATE_DIR": str(tmp_path / "state")}
     proc = subprocess.run(
@@ -239,7 +241,7 @@ def _up_then_sigkill(tmp_path: Path, client: Any) -> str:
     return run_id
 
 
-@pytest.mark.slow
+@needs_docker
 def test_sigkilled_run_is_reaped_by_agentverify_reap(tmp_path: Path, client: Any) -> None:
     run_id = _up_then_sigkill(tmp_path, client)
     try:
@@ -256,7 +258,7 @@ def test_sigkilled_run_is_reaped_by_agentverify_reap(tmp_path: Path, client: Any
         _remove_run(client, run_id)
 
 
-@pytest.mark.slow
+@needs_docker
 def test_sigkilled_run_is_reaped_by_the_next_stack_up(tmp_path: Path, client: Any) -> None:
     run_id = _up_then_sigkill(tmp_path, client)
     try:
@@ -306,22 +308,26 @@ def backend(tmp_path: Path, client: Any) -> Iterator[DockerBackend]:
         assert _of_run(client, run.run_id) == ([], []), "close() must leave nothing"
 
 
-def test_restart_keeps_host_ports_and_data(backend: DockerBackend) -> None:
-    redis = backend.start(_redis_spec(), "redis", peers={})
+@needs_docker
+def test_restart_keeps_host_ports_data_and_files(backend: DockerBackend) -> None:
+    redis = backend.start(_redis_spec(files={"note.txt": "as rendered"}), "redis", peers={})
     redis.spec.health.wait_until_ready(redis)
     port = redis.endpoint("redis")
     assert port[0] == "127.0.0.1"
     assert backend.exec(redis, ["redis-cli", "-p", "${port:redis}", "set", "k", "v1"]).ok
     assert backend.exec(redis, ["redis-cli", "-p", "${port:redis}", "save"]).ok
     assert (backend.volume_path(redis) / "dump.rdb").is_file()  # a real host path
+    backend.write_file(redis, "note.txt", "as written later")
     again = backend.restart(redis, peers={})
     again.spec.health.wait_until_ready(again)
     assert again.endpoint("redis") == port
+    assert backend.exec(again, ["cat", "${confdir}/note.txt"]).output == "as written later"
     res = backend.exec(again, ["redis-cli", "-p", "${port:redis}", "get", "k"])
     assert res.output.strip() == "v1"
     backend.stop(again)
 
 
+@needs_docker
 def test_files_are_rendered_on_the_host_and_renames_are_seen_inside(
         backend: DockerBackend) -> None:
     redis = backend.start(_redis_spec(), "redis", peers={})
@@ -339,6 +345,7 @@ def test_files_are_rendered_on_the_host_and_renames_are_seen_inside(
     backend.stop(redis)
 
 
+@needs_docker
 def test_kill_status_logs_and_idempotent_stop(backend: DockerBackend) -> None:
     web = backend.start(_web_spec(depends_on=(), files={"index.html": "x"}), "web",
                         peers={})
@@ -356,6 +363,7 @@ def test_kill_status_logs_and_idempotent_stop(backend: DockerBackend) -> None:
     backend.stop(web)  # idempotent
 
 
+@needs_docker
 def test_exec_returns_exit_codes_and_times_out(backend: DockerBackend) -> None:
     redis = backend.start(_redis_spec(), "redis", peers={})
     res = backend.exec(redis, ["sh", "-c", "echo $AGENTVERIFY_INSTANCE; exit 4"])
@@ -365,6 +373,7 @@ def test_exec_returns_exit_codes_and_times_out(backend: DockerBackend) -> None:
     backend.stop(redis, grace=0)
 
 
+@needs_docker
 def test_jobs_run_to_completion_and_leave_nothing(backend: DockerBackend,
                                                   client: Any) -> None:
     job = ServiceSpec(name="job", role="job", kind="job", image="agentverify/python:local",
@@ -379,6 +388,7 @@ def test_jobs_run_to_completion_and_leave_nothing(backend: DockerBackend,
     assert containers == []
 
 
+@needs_docker
 def test_a_command_that_cannot_run_fails_with_its_log(backend: DockerBackend) -> None:
     bad = ServiceSpec(name="bad", role="web", image="agentverify/python:local",
                       command=("no-such-binary", "--flag"), ports=(Port("http", 80),),
@@ -388,6 +398,7 @@ def test_a_command_that_cannot_run_fails_with_its_log(backend: DockerBackend) ->
         bad.health.wait_until_ready(handle)
 
 
+@needs_docker
 def test_unknown_port_is_a_stack_error(backend: DockerBackend) -> None:
     redis = backend.start(_redis_spec(), "redis", peers={})
     with pytest.raises(StackError, match="has no port 'http'"):

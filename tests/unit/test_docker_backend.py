@@ -228,3 +228,51 @@ def test_errors_are_mapped_in_one_place() -> None:
 def test_a_backend_needs_open_before_start(spec) -> None:
     with pytest.raises(StackError, match=r"before open\(run\)"):
         DockerBackend().start(spec["redis"], "redis", peers={})
+
+
+class _Registry:
+    """A fake engine that has no image until it is pulled."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.images, self.api = self, self
+        self.pulled: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def get(self, name: str) -> Any:
+        import docker.errors
+
+        repo, _, tag = name.partition(":")
+        if (repo, tag) in self.pulled and not self.fail:
+            return type("Image", (), {"id": f"sha256:{repo}-{tag}"})()
+        raise docker.errors.ImageNotFound(f"No such image: {name}")
+
+    def pull(self, repo: str, tag: str, stream: bool, decode: bool) -> Any:
+        self.pulled.append((repo, tag))
+        yield {"status": "Pulling from library/redis", "id": "7"}
+        for _ in range(3):
+            yield {"status": "Downloading", "id": "abc", "progress": "[==>   ]"}
+        if self.fail:
+            yield {"error": self.fail}
+        yield {"status": "Pull complete", "id": "abc"}
+
+
+def test_pull_only_when_configured_and_show_progress(spec) -> None:
+    from dataclasses import replace
+
+    config = load_config(REPO / "agentverify.yaml", "staging", environ={},
+                         overrides={"stack.pull": True})
+    lines: list[str] = []
+    backend = DockerBackend(config, progress=lines.append)
+    assert backend.pull is True
+    backend._client = registry = _Registry()  # type: ignore[assignment]
+    image_id = backend._ensure_image(replace(spec["redis"], image="redis:7"))
+    assert registry.pulled == [("redis", "7")]
+    assert image_id == "sha256:redis-7"  # containers start from the pinned id
+    assert lines == ["pulling redis:7 (stack.pull is true)",
+                     "redis:7: 7: Pulling from library/redis",
+                     "redis:7: abc: Downloading",  # once per state, not per chunk
+                     "redis:7: abc: Pull complete",
+                     "pulled redis:7"]
+    backend._client = _Registry(fail="manifest unknown")  # type: ignore[assignment]
+    with pytest.raises(BackendUnavailable, match="pulling redis:8 failed: manifest unknown"):
+        backend._ensure_image(replace(spec["redis"], image="redis:8"))

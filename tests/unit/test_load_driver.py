@@ -183,3 +183,22 @@ def test_ctrl_c_in_the_parent_stops_the_child_and_its_workers(
         time.sleep(0.05)
     assert not _alive(child) and not _alive(worker)
     assert time.monotonic() - started < 10  # SIGTERM ignored: SIGKILL came after 2 s
+
+
+def test_temporary_files_go_unless_an_error_points_at_the_log(
+        fake_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    plan = LoadPlan(host="http://127.0.0.1:9", prompts=("q?",), duration_s=3.0)
+    monkeypatch.setenv("FAKE_CHILD_MODE", "ok")
+    run = LoadDriver(plan, say=lambda line: None, python=fake_python).run()
+    assert run.log_path is None and list(scratch.iterdir()) == []
+    monkeypatch.setenv("FAKE_CHILD_MODE", "crash")
+    with pytest.raises(LoadTestError) as err:
+        LoadDriver(plan, say=lambda line: None, python=fake_python).run()
+    (kept,) = scratch.iterdir()
+    assert [p.name for p in kept.iterdir()] == ["locust.log"]
+    assert str(kept / "locust.log") in str(err.value)

@@ -158,7 +158,7 @@ class LoadDriver:
         info: list[str] = []
         result: LoadResult | None = None
         abort_reason: str | None = None
-        ok = False
+        keep_log = False
         try:
             with open(log_path, "wb") as log:
                 try:
@@ -170,15 +170,18 @@ class LoadDriver:
                                         f"{exc}") from exc
                 finally:
                     os.close(write_fd)
-                result, abort_reason = self._read(read_fd, snapshots, info, log_path,
-                                                  abort_on, poll, on_snapshot)
-            ok = True
+                try:
+                    result, abort_reason = self._read(read_fd, snapshots, info, log_path,
+                                                      abort_on, poll, on_snapshot)
+                except LoadTestError:
+                    keep_log = True  # the message points at it
+                    raise
         finally:
             os.close(read_fd)
             self._stop_group()
-            # the plan (and a default log) go; a failed run keeps its log for the message
+            # the plan (and a temporary log) go; a failed run keeps its log for the message
             plan_path.unlink(missing_ok=True)
-            if ok or self.log_path is not None:
+            if not keep_log or self.log_path is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
         return LoadRun(result=result, snapshots=snapshots, aborted=abort_reason is not None,
                        abort_reason=abort_reason,

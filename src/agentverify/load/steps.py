@@ -330,9 +330,11 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
 
     for name in LOAD_FACTS:  # the same shape every time; a fact not measured is None
         facts.setdefault(name, None)
-    ctx.series["p95_ms"] = run.series("interval_p95_ms")
-    ctx.series["rps"] = run.series("interval_rps")
-    ctx.series["users"] = run.series("users")
+    # latency and throughput over time for the HTML report (named like the step's facts)
+    suffix = f"_{params.label}" if getattr(params, "label", None) else ""
+    ctx.series["p95_ms" + suffix] = run.series("interval_p95_ms")
+    ctx.series["rps" + suffix] = run.series("interval_rps")
+    ctx.series["users" + suffix] = run.series("users")
     return facts
 
 
@@ -340,6 +342,8 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
 
 
 class CacheCostParams(StepParams):
+    """Two paced loads of the built-in agent user, at a low and a high repeat ratio."""
+
     low_repeat_ratio: float = Field(0.0, ge=0, le=1)
     high_repeat_ratio: float = Field(0.9, ge=0, le=1)
     users: int = Field(4, ge=1, le=1000)
@@ -409,6 +413,8 @@ def cache_cost(ctx: Any, params: CacheCostParams) -> dict[str, Any]:
 
 
 class MaxTokensParams(StepParams):
+    """How many fresh (never cached) questions to ask, and how many at once."""
+
     requests: int = Field(12, ge=1, le=10_000)
     concurrency: int = Field(4, ge=1, le=256)
 
@@ -464,6 +470,8 @@ def max_tokens(ctx: Any, params: MaxTokensParams) -> dict[str, Any]:
 
 
 class RateLimitParams(StepParams):
+    """The limit to set on the fleet, and the burst one client sends through nginx."""
+
     requests_per_second: float = Field(5.0, gt=0)
     burst: int = Field(5, ge=1)
     requests: int = Field(40, ge=1, le=10_000)

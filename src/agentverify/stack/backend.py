@@ -153,7 +153,7 @@ def backend_names() -> list[str]:
 
 
 def resolve_backend_name(name: str) -> str:
-    """``auto`` -> ``docker`` when an engine answers and images exist, else ``local``."""
+    """``auto`` -> ``docker`` when a Docker engine answers, else ``local``."""
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"unknown backend {name!r}; expected one of: auto, "

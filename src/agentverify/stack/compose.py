@@ -22,9 +22,8 @@ nginx resolves ``agent`` when it (re)loads, so after scaling run
 reload`` (the seed's "switch traffic" step).
 
 Example:
-    >>> files = render_compose_files(build_stack_spec(config, api_keys=refs), config)
-    ...                                                   # doctest: +SKIP
-    >>> sorted(files)[:2]                                 # doctest: +SKIP
+    >>> files = render_compose_files(compose_spec(config), config)  # doctest: +SKIP
+    >>> sorted(files)[:2]                                           # doctest: +SKIP
     ['agent-config.yaml', 'alert_rules.yml']
 """
 
@@ -70,7 +69,7 @@ HEADER = """\
 """
 #: the named volumes of the seed, by the service whose data directory they hold
 VOLUMES = {"redis": "redis_data", "milvus": "milvus_data", "prometheus": "prometheus_data"}
-#: services published on 127.0.0.1: the seed's ports, the load balancer, the alert UI
+#: a value made only of ``${VAR}`` references (comma-separated): safe to write
 _REF = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\})(,\$\{[A-Za-z_][A-Za-z0-9_]*\})*$")
 
 
@@ -86,7 +85,8 @@ def compose_spec(config: Config) -> StackSpec:
 
 
 def _published(config: Config) -> dict[str, int]:
-    """Service -> host port on 127.0.0.1 (agent replicas are reached through lb)."""
+    """Service -> host port on 127.0.0.1: the seed's ports, plus the load balancer on the
+    seed's agent port 8000 (replicas are reached through it) and the alert UI."""
     return {"lb": 8000, "redis": 6379, "milvus": 19530, "llm": 8080,
             "alertmanager": 9093, "prometheus": config.monitoring.prometheus_port}
 
@@ -96,7 +96,7 @@ def _escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _conf_name(service: str, relpath: str) -> str:
+def _conf_name(relpath: str) -> str:
     """Where a service's rendered file lives next to the compose file."""
     if relpath == "config.yaml":
         return "agent-config.yaml"  # the agent's and the ingest job's (same content)
@@ -166,7 +166,7 @@ def _service(spec: ServiceSpec, stack: StackSpec, config: Config,
                 volumes.append(f"{knowledge}:{CONF_DIR}/knowledge:ro")
                 mounted_knowledge = True
             continue
-        volumes.append(f"./{_conf_name(spec.name, relpath)}:{CONF_DIR}/{relpath}:ro")
+        volumes.append(f"./{_conf_name(relpath)}:{CONF_DIR}/{relpath}:ro")
     if spec.role == ROLE_LB:
         volumes.append(f"./upstream.conf:{CONF_DIR}/upstream.conf:ro")
     if spec.name in VOLUMES:
@@ -283,7 +283,7 @@ def render_compose_files(spec: StackSpec, config: Config, *,
         for relpath, content in s.files.items():
             if relpath.startswith(("targets/", "knowledge/")) or relpath == "prometheus.yml":
                 continue
-            name, text = _conf_name(s.name, relpath), _render(s, spec, content)
+            name, text = _conf_name(relpath), _render(s, spec, content)
             if files.get(name, text) != text:
                 raise StackError(f"compose: two services render different {name}")
             files[name] = text

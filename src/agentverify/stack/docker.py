@@ -25,13 +25,18 @@ Resource limits come from the spec: ``cpus`` -> ``NanoCpus`` (CFS quota), ``memo
 ``cpu_reservation`` -> ``CpuShares`` = 1024 x cpus. Docker has no CPU *reservation* for a
 plain container; shares are the relative weight the kernel honours under contention,
 with 1024 being docker's default for one container, so a reservation of 0.5 CPU weighs
-half of an unconstrained container (compose v2 maps ``reservations.cpus`` the same way).
+half of an unconstrained container under contention and costs nothing when idle.
+
+Services run as root inside their containers (``${user}``), so what they write into
+the data directory belongs to root on the host. Besides ``run.labels`` every resource
+carries ``agentverify.owner-boot`` and ``agentverify.owner-pidns``: :meth:`reap_stale`
+judges an owner pid only on the boot and in the pid namespace it came from.
 
 Example:
-    >>> backend = DockerBackend(config)                   # doctest: +SKIP
-    >>> backend.open(run)
-    >>> handle = backend.start(spec["redis"], "redis", peers={})
-    >>> handle.endpoint("redis")
+    >>> backend = DockerBackend(config)                            # doctest: +SKIP
+    >>> backend.open(run)                                          # doctest: +SKIP
+    >>> handle = backend.start(spec["redis"], "redis", peers={})   # doctest: +SKIP
+    >>> handle.endpoint("redis")                                   # doctest: +SKIP
     ('127.0.0.1', 32771)
 """
 
@@ -55,7 +60,7 @@ from agentverify.errors import (
     StackError,
 )
 from agentverify.stack.backend import CommandResult, Handle
-from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive
+from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive, write_atomic
 from agentverify.stack.spec import ROLE_AGENT, ServiceSpec, render_template
 from agentverify.stack.wait import ServiceStatus
 
@@ -310,7 +315,9 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._network: Any = None
         self._lock = threading.Lock()
-        self._images_ok: set[str] = set()
+        #: image name -> id, pinned at first use: a rebuild that moves a tag mid-run must
+        #: not give one stack containers of two different images
+        self._image_ids: dict[str, str] = {}
         #: set by close(): a start racing with teardown removes what it just made
         self._closed = threading.Event()
 
@@ -419,15 +426,16 @@ class DockerBackend:
 
     # ----------------------------------------------------------------- images
 
-    def _ensure_image(self, spec: ServiceSpec) -> None:
+    def _ensure_image(self, spec: ServiceSpec) -> str:
+        """The id of the spec's image (pulled only when ``stack.pull`` is true)."""
         import docker.errors
 
         image = spec.image
-        if image in self._images_ok:
-            return
+        if image in self._image_ids:
+            return self._image_ids[image]
         try:
             with _docker_errors(f"looking up image {image}"):
-                self.client.images.get(image)
+                found = self.client.images.get(image)
         except BackendUnavailable as exc:
             if not isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 raise
@@ -438,7 +446,9 @@ class DockerBackend:
                     f"image {image} is missing: {fix}, or name another image in "
                     f"stack.images.{spec.name}") from None
             self._pull(image)
-        self._images_ok.add(image)
+            found = self.client.images.get(image)
+        self._image_ids[image] = found.id
+        return found.id
 
     def _pull(self, image: str) -> None:
         from docker.utils import parse_repository_tag
@@ -460,16 +470,6 @@ class DockerBackend:
 
     # ----------------------------------------------------------------- helpers
 
-    def _dirs(self, instance: str, generation: int, persistent: bool) -> dict[str, Path]:
-        run = self._require_run()
-        base = run.service_dir(f"{instance}.g{generation}")
-        # persistent data survives a restart or a new generation of the same instance
-        data = run.service_dir(instance) / "data" if persistent else base / "data"
-        dirs = {"base": base, "conf": base / "conf", "data": data}
-        for d in dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
-        return dirs
-
     def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
         def lookup(service: str, port: str | None) -> tuple[str, int, str]:
             if service not in peers:
@@ -483,13 +483,6 @@ class DockerBackend:
 
     def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))
-
-    @staticmethod
-    def _write(path: Path, content: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
 
     def _container(self, handle: Handle) -> Any:
         """The SDK container object, or None when it is gone."""
@@ -508,7 +501,8 @@ class DockerBackend:
         import docker.errors
 
         run_id = self._require_run().run_id
-        with contextlib.suppress(docker.errors.NotFound):
+        with _docker_errors(f"removing the earlier {name}"), \
+                contextlib.suppress(docker.errors.NotFound):
             old = self.client.containers.get(name)
             if old.labels.get("agentverify.run") == run_id:
                 old.remove(force=True)
@@ -516,19 +510,22 @@ class DockerBackend:
     # ----------------------------------------------------------------- services
 
     def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
-              generation: int = 1, _host_ports: Mapping[str, int] | None = None) -> Handle:
+              generation: int = 1, _host_ports: Mapping[str, int] | None = None,
+              _keep_files: bool = False) -> Handle:
         run = self._require_run()
         if self._closed.is_set():
             raise ServiceStartError(f"{instance}: not started, the run is being torn down")
-        self._ensure_image(spec)
+        image_id = self._ensure_image(spec)
         handle = Handle(spec=spec, instance=instance, generation=generation, backend=self)
         name = container_name(run.run_id, instance, generation)
         aliases = aliases_for(spec, instance, generation)
-        dirs = self._dirs(instance, generation, spec.persistent)
+        dirs = self._require_run().instance_dirs(instance, generation, spec.persistent)
         handle.extra.update(name=name, alias=aliases[0], aliases=aliases, dirs=dirs,
-                            peers=dict(peers), log=dirs["base"] / "log")
+                            peers=dict(peers), log=dirs["base"] / "log", image_id=image_id)
         for relpath, content in spec.files.items():
-            self._write(dirs["conf"] / relpath, self._render(handle, peers, content))
+            if _keep_files and (dirs["conf"] / relpath).exists():
+                continue  # a restart keeps what write_file() changed (e.g. the upstream)
+            write_atomic(dirs["conf"] / relpath, self._render(handle, peers, content))
         env = {k: self._render(handle, peers, v) for k, v in spec.env.items()}
         env.update({RUN_ID_ENV: run.run_id, "AGENTVERIFY_INSTANCE": handle.name,
                     "PYTHONUNBUFFERED": "1"})
@@ -559,7 +556,7 @@ class DockerBackend:
 
         testcontainers_config.ryuk_disabled = True
         name = str(handle.extra["name"])
-        tc = (DockerContainer(handle.spec.image, env=env)
+        tc = (DockerContainer(str(handle.extra["image_id"]), env=env)
               .with_name(name)
               .with_command(argv)
               .with_network(_NetworkRef(self.network_name))
@@ -664,13 +661,13 @@ class DockerBackend:
         """Stop and start again, on the same host ports and data directory.
 
         The container is recreated rather than ``docker restart``-ed: docker gives a
-        restarted container new random host ports (seen on 20.10), and a recreated one
-        also picks up ``peers`` that moved.
+        restarted container new random host ports (seen on 20.10). Its files stay as
+        they are, with whatever :meth:`write_file` changed since the start.
         """
         ports = dict(handle.extra.get("host_ports") or {})  # type: ignore[call-overload]
         self.stop(handle)
         return self.start(handle.spec, handle.instance, peers=peers,
-                          generation=handle.generation, _host_ports=ports)
+                          generation=handle.generation, _host_ports=ports, _keep_files=True)
 
     def status(self, handle: Handle) -> ServiceStatus:
         container = self._container(handle)
@@ -740,7 +737,7 @@ class DockerBackend:
     def write_file(self, handle: Handle, relpath: str, content: str) -> None:
         peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
         dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
-        self._write(dirs["conf"] / relpath, self._render(handle, peers, content))
+        write_atomic(dirs["conf"] / relpath, self._render(handle, peers, content))
 
     def volume_path(self, handle: Handle) -> Path:
         return handle.extra["dirs"]["data"]  # type: ignore[index,return-value]

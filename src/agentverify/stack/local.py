@@ -24,7 +24,13 @@ from pathlib import Path
 
 from agentverify.errors import BackendUnavailable, ServiceStartError, StackError
 from agentverify.stack.backend import CommandResult, Handle
-from agentverify.stack.runstate import RUN_ID_ENV, RunContext, kill_group, reap_stale_runs
+from agentverify.stack.runstate import (
+    RUN_ID_ENV,
+    RunContext,
+    kill_group,
+    reap_stale_runs,
+    write_atomic,
+)
 from agentverify.stack.spec import ServiceSpec, render_template
 from agentverify.stack.wait import ServiceStatus
 
@@ -103,16 +109,6 @@ class LocalBackend:
                     f"{spec.name} needs `{binary}`, which is not on PATH: "
                     f"install it with `apt-get install {package}`")
 
-    def _dirs(self, instance: str, generation: int, persistent: bool) -> dict[str, Path]:
-        run = self._require_run()
-        base = run.service_dir(f"{instance}.g{generation}")
-        # persistent data survives a restart or a new generation of the same instance
-        data = run.service_dir(instance) / "data" if persistent else base / "data"
-        dirs = {"base": base, "conf": base / "conf", "data": data}
-        for d in dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
-        return dirs
-
     def _resolver(self, handle: Handle, peers: Mapping[str, Handle]):
         ports: dict[str, int] = handle.extra["ports"]  # type: ignore[assignment]
         dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
@@ -162,19 +158,16 @@ class LocalBackend:
         self._check_binaries(spec)
         handle = Handle(spec=spec, instance=instance, generation=generation, backend=self)
         handle.extra["ports"] = ports or {p.name: self._alloc_port() for p in spec.ports}
-        handle.extra["dirs"] = self._dirs(instance, generation, spec.persistent)
+        run = self._require_run()
+        handle.extra["dirs"] = run.instance_dirs(instance, generation, spec.persistent)
         handle.extra["peers"] = dict(peers)
+        if ports is not None:
+            # a restart: keep the files as they are now (e.g. nginx's current upstream)
+            return handle
         for relpath, content in spec.files.items():
-            self._write(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
+            write_atomic(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
                         self._render(handle, peers, content))
         return handle
-
-    @staticmethod
-    def _write(path: Path, content: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
 
     def _env(self, handle: Handle, peers: Mapping[str, Handle]) -> dict[str, str]:
         run = self._require_run()
@@ -301,7 +294,7 @@ class LocalBackend:
 
     def write_file(self, handle: Handle, relpath: str, content: str) -> None:
         peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
-        self._write(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
+        write_atomic(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
                     self._render(handle, peers, content))
 
     def volume_path(self, handle: Handle) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunContext", "belongs_to_run", "default_state_dir", "kill_group",
-           "owner_alive", "process_alive", "reap_stale_runs", "RUN_ID_ENV"]
+           "owner_alive", "process_alive", "reap_stale_runs", "write_atomic", "RUN_ID_ENV"]
 
 RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
 KEEP_FINISHED_RUNS = 5
@@ -153,6 +153,18 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def instance_dirs(self, instance: str, generation: int, persistent: bool) -> dict[str, Path]:
+        """``base`` (log), ``conf`` (rendered files) and ``data`` of one instance.
+
+        Persistent data survives a restart or a new generation of the same instance.
+        """
+        base = self.service_dir(f"{instance}.g{generation}")
+        data = self.service_dir(instance) / "data" if persistent else base / "data"
+        dirs = {"base": base, "conf": base / "conf", "data": data}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        return dirs
+
     @property
     def labels(self) -> dict[str, str]:
         return {"agentverify": "1", "agentverify.run": self.run_id,
@@ -174,7 +186,7 @@ class RunContext:
             self._write(closed=True)
         prune_finished_runs(self.state_dir, keep=KEEP_FINISHED_RUNS, current=self.run_id)
 
-    def _write(self, *, closed: bool) -> None:
+    def _write(self, *, closed: bool) -> None:  # the record, atomically
         record = {
             "run_id": self.run_id,
             "backend": self.backend,
@@ -187,6 +199,14 @@ class RunContext:
         tmp = self.run_dir / "run.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.run_dir / "run.json")
+
+
+def write_atomic(path: Path, content: str) -> None:
+    """Write a file so readers (nginx, Prometheus' file_sd) never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _records(state_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
