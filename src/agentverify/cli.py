@@ -195,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{p}: no such scenario file or directory")
     # pytest runs in a child process: a clean interpreter for assertion rewriting, and the
     # gate is not bent by the host project's own test settings (addopts, warning filters)
-    argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider",
+    argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider", "-p", "no:locust",
             "-o", "addopts=", "-o", "filterwarnings=default", "-rfE",
             f"--agentverify-env={session.env}",
             f"--agentverify-backend={session.backend_name}",

@@ -237,6 +237,7 @@ class LoadConfig(_Section):
     spawn_rate: float = Field(5.0, gt=0)
     duration_s: float = Field(30.0, gt=0)
     repeat_ratio: float = Field(0.5, ge=0, le=1)
+    user_rps: float | None = Field(None, gt=0, description="pace each user; None: no pause")
     prompts: str = "fixtures/prompts.jsonl"
     workers: int = Field(0, ge=0, le=64)
     locustfile: str | None = None

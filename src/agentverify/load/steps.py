@@ -123,7 +123,7 @@ def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan
             prompts=prompts,
             workers=int(pick("workers")),
             locustfile=str(ctx.config.path(locustfile)) if locustfile else None,
-            user_rps=overrides.get("user_rps", params.user_rps),
+            user_rps=overrides["user_rps"] if "user_rps" in overrides else pick("user_rps"),
             client_prefix=f"av-{uuid.uuid4().hex[:8]}",
             seed=int(overrides.get("seed", 0)),
         )
