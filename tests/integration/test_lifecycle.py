@@ -107,3 +107,23 @@ def test_a_failed_start_names_the_service_shows_its_log_and_leaks_nothing(
     assert "GET /health -> 200" in message and "503" in message
     assert stack.run is not None
     assert leftovers(stack.run.run_id, stack.run.run_dir) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_during_a_gate_run_tears_the_stack_down(backend: str, tmp_path: Path) -> None:
+    require_backend(backend)
+    reports = tmp_path / "reports"
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentverify.cli", "run", "--env", "dev", "--backend", backend,
+         "--config", str(CONFIG), "--report-dir", str(reports),
+         str(CONFIG.parent / "scenarios" / "rolling_update.yaml")],
+        cwd=CONFIG.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    stack = wait_for_file(reports / "stack.json", 180, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of a rollout
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "tearing the stack down" in out
+    assert wait_until(lambda: leftovers(stack["run_id"], stack["run_dir"]) == [], 30), \
+        leftovers(stack["run_id"], stack["run_dir"])

@@ -181,7 +181,7 @@ def _embed_cached(text: str, dim: int) -> tuple[float, ...]:
     for word in words:
         for bucket, value in _word_terms(word, dim):
             vec[bucket] += value
-    for first, second in zip(words, words[1:]):
+    for first, second in zip(words, words[1:], strict=False):
         bucket, value = _bigram_term(first, second, dim)
         vec[bucket] += value
     if not words:
@@ -224,7 +224,7 @@ def cosine(a: Iterable[float], b: Iterable[float]) -> float:
         0.7071...
     """
     a, b = list(a), list(b)
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(y * y for y in b))
     if na == 0.0 or nb == 0.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["app"]
+__all__ = ["app"]  # noqa: F822 - provided lazily by __getattr__
 
 _app: Any = None
 

@@ -76,14 +76,10 @@ _loaded = False
 
 
 def load_builtin_steps() -> None:
-    """Import the built-in step modules once (modules not written yet are skipped)."""
+    """Import the built-in step modules once."""
     global _loaded
     if _loaded:
         return
     for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module)
     _loaded = True

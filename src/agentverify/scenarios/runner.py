@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import Any, ContextManager
+from typing import Any
 
 import httpx
 
@@ -40,7 +41,7 @@ class ScenarioContext:
 
     def __init__(self, stack: Any, config: Any, *, env: str, report_dir: Any,
                  say: Callable[[str], None] = print, backend: str = "",
-                 new_stack: Callable[..., ContextManager[Any]] | None = None) -> None:
+                 new_stack: Callable[..., AbstractContextManager[Any]] | None = None) -> None:
         self._new_stack = new_stack
         self.stack = stack
         self.config = config
@@ -76,7 +77,7 @@ class ScenarioContext:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc
         return resp.json()
 
-    def new_stack(self, **overrides: Any) -> ContextManager[Any]:
+    def new_stack(self, **overrides: Any) -> AbstractContextManager[Any]:
         """A fresh stack of its own (config ``overrides`` as dotted keys), torn down
         when the ``with`` block ends: ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
         """
