@@ -503,3 +503,14 @@ def test_a_failed_step_is_exit_3_with_the_cause(
     monkeypatch.chdir(tmp_path)
     assert cmd_images(_args("images", "build", "--project-dir", str(_project(tmp_path)))) == 3
     assert "StackError: debootstrap bookworm exited 1" in capsys.readouterr().err
+
+
+def test_an_image_built_from_other_sources_is_called_stale() -> None:
+    from agentverify.stack.images import SOURCE_LABEL, source_hash, stale_source_reason
+
+    here = source_hash(Path(__file__).resolve().parents[2])
+    assert stale_source_reason({}) is None  # an image that records nothing is not judged
+    assert stale_source_reason({SOURCE_LABEL: here}) is None
+    reason = stale_source_reason({SOURCE_LABEL: "0" * 64})
+    assert reason is not None and "other agentverify sources" in reason
+    assert f"000000000000 vs {here[:12]}" in reason

@@ -61,7 +61,7 @@ from agentverify.errors import (
 )
 from agentverify.stack.backend import CommandResult, Handle
 from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive, write_atomic
-from agentverify.stack.spec import ROLE_AGENT, ServiceSpec, render_template
+from agentverify.stack.spec import ROLE_AGENT, Resolver, ServiceSpec, make_resolver, render_template
 from agentverify.stack.wait import ServiceStatus
 
 if TYPE_CHECKING:
@@ -92,7 +92,6 @@ ENGINE_DOWN = "the Docker engine does not answer: start dockerd (scripts/bootstr
 #: docker's default CPU weight of one container (``docker run --cpu-shares``)
 DEFAULT_CPU_SHARES = 1024
 
-Resolver = Callable[[str, "str | None", "str | None"], str]
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -161,37 +160,9 @@ def container_resolver(spec: ServiceSpec, lookup: Callable[[str, str | None],
             peer as this container reaches it (a network alias or a compose DNS name).
         who: the instance name for error messages.
     """
-    who = who or spec.name
-
-    def resolve(kind: str, a: str | None, b: str | None) -> str:
-        if kind == "port":
-            if not a:
-                return str(spec.port().port)
-            if any(p.name == a for p in spec.ports):
-                return str(spec.port(a).port)
-            return str(lookup(a, b)[1])  # ${port:SVC[:PORT]}
-        if kind == "bind":
-            return CONTAINER_BIND
-        if kind == "confdir":
-            return CONF_DIR
-        if kind == "datadir":
-            return DATA_DIR
-        if kind == "python":
-            return PYTHON
-        if kind == "user":
-            return USER
-        if kind in {"addr", "host", "url"}:
-            if not a:
-                raise StackError(f"{who}: ${{{kind}}} needs a service name")
-            host, port, scheme = lookup(a, b)
-            if kind == "host":
-                return host
-            if kind == "addr":
-                return f"{host}:{port}"
-            return f"{scheme}://{host}:{port}"
-        raise StackError(f"{who}: unknown placeholder ${{{kind}}}")
-
-    return resolve
+    return make_resolver(who=who or spec.name, ports={p.name: p.port for p in spec.ports},
+                         bind=CONTAINER_BIND, confdir=CONF_DIR, datadir=DATA_DIR,
+                         python=PYTHON, user=USER, lookup=lookup)
 
 
 def _owner_identity() -> dict[str, str]:
@@ -447,6 +418,14 @@ class DockerBackend:
                     f"stack.images.{spec.name}") from None
             self._pull(image)
             found = self.client.images.get(image)
+        if image.startswith("agentverify/"):
+            from agentverify.stack.images import stale_source_reason
+
+            # a green run on code older than the checkout would be a lie
+            stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {})
+            if stale:
+                raise BackendUnavailable(f"image {image} is stale: {stale}; run "
+                                         f"`agentverify images build`")
         self._image_ids[image] = found.id
         return found.id
 

@@ -106,6 +106,8 @@ VENV = "/opt/agentverify"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIRROR_ENV = "AGENTVERIFY_DEBIAN_MIRROR"
 PROJECT_ENV = "AGENTVERIFY_PROJECT_DIR"
+#: label of the runtime image: hash of the agentverify sources it was built from
+SOURCE_LABEL = "agentverify.source-hash"
 MIN_FREE_BYTES = 2 * 1024**3  # a rootfs is ~300 MB, its tar stream is not written to disk
 # Dev-only extras never go into the image: the containers need only the runtime deps.
 _EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
@@ -420,15 +422,18 @@ RUN {venv}/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-ver
  && {venv}/bin/pip check --disable-pip-version-check \\
  && {venv}/bin/python -c "import agentverify"
 ENV PATH={venv}/bin:{path} VIRTUAL_ENV={venv} LANG=C.UTF-8 PYTHONUNBUFFERED=1
-LABEL {label}=runtime {hash_label}={content_hash} agentverify.base={base}
+LABEL {label}=runtime {hash_label}={content_hash} agentverify.base={base} \
+      {source_label}={source_hash}
 """
 
 
-def render_dockerfile(base: str, content_hash: str = "", deps_hash: str = "") -> str:
+def render_dockerfile(base: str, content_hash: str = "", deps_hash: str = "",
+                      source: str = "") -> str:
     """The runtime image's Dockerfile (the hashes only land in LABELs)."""
     return _DOCKERFILE.format(base=base, venv=VENV, path=DEFAULT_PATH, label=LABEL,
                               hash_label=HASH_LABEL, content_hash=content_hash or "-",
-                              deps_hash=deps_hash or "-")
+                              deps_hash=deps_hash or "-", source_label=SOURCE_LABEL,
+                              source_hash=source or "-")
 
 
 def runtime_content_hash(base: str, wheels: Mapping[str, str], project_wheel_sha: str,
@@ -967,8 +972,9 @@ def _ensure_runtime(engine: _Engine, base: str, python_version: str, project_dir
         for name in [*wheels, "requirements.txt"]:
             _link_or_copy(deps_dir / name, ctx / "wheels" / name)
         _link_or_copy(project_wheel, ctx / "project" / project_wheel.name)
-        (ctx / "Dockerfile").write_text(render_dockerfile(base, content, deps_dir.name),
-                                        encoding="utf-8")
+        (ctx / "Dockerfile").write_text(
+            render_dockerfile(base, content, deps_dir.name, source_hash(project_dir)),
+            encoding="utf-8")
         image_id = engine.build(ctx, tag, nocache=rebuild,
                                 log=lambda line: progress(f"  {line[:110]}"))
     progress(f"runtime image {tag}: built in {time.monotonic() - t1:.1f}s")
@@ -1017,6 +1023,26 @@ def _find_project_dir(project_dir: str | os.PathLike[str] | None) -> Path:
                              "(pyproject.toml and src/agentverify/)")
     raise UsageError("images build needs the agentverify source tree (pyproject.toml + src/): "
                      f"pass --project-dir or set {PROJECT_ENV}")
+
+
+def stale_source_reason(labels: Mapping[str, str]) -> str | None:
+    """Why an agentverify image does not hold this checkout's sources, or None.
+
+    Only judged when agentverify runs from a source tree (an editable install) and the
+    image records the hash of the sources it was built from.
+    """
+    built_from = labels.get(SOURCE_LABEL)
+    if not built_from or built_from == "-":
+        return None
+    try:
+        project = _find_project_dir(None)
+    except UsageError:
+        return None
+    here = source_hash(project)
+    if here == built_from:
+        return None
+    return (f"it was built from other agentverify sources than {project} "
+            f"({built_from[:12]} vs {here[:12]})")
 
 
 def build_images(

@@ -31,7 +31,7 @@ from agentverify.stack.runstate import (
     reap_stale_runs,
     write_atomic,
 )
-from agentverify.stack.spec import ServiceSpec, render_template
+from agentverify.stack.spec import Resolver, ServiceSpec, make_resolver, render_template
 from agentverify.stack.wait import ServiceStatus
 
 __all__ = ["LocalBackend", "free_port", "tail_file"]
@@ -109,46 +109,20 @@ class LocalBackend:
                     f"{spec.name} needs `{binary}`, which is not on PATH: "
                     f"install it with `apt-get install {package}`")
 
-    def _resolver(self, handle: Handle, peers: Mapping[str, Handle]):
-        ports: dict[str, int] = handle.extra["ports"]  # type: ignore[assignment]
+    def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
         dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
 
-        def peer(name: str | None) -> Handle:
-            if not name or name not in peers:
-                raise StackError(f"{handle.name}: refers to service {name!r}, "
+        def lookup(service: str, port: str | None) -> tuple[str, int, str]:
+            if service not in peers:
+                raise StackError(f"{handle.name}: refers to service {service!r}, "
                                  f"which is not running (known: {sorted(peers)})")
-            return peers[name]
+            target = peers[service]
+            host, hport = target.address(port)
+            return host, hport, target.spec.port(port).scheme
 
-        def resolve(kind: str, a: str | None, b: str | None) -> str:
-            if kind == "port":
-                if a == "" or a is None:
-                    return str(next(iter(ports.values())))
-                if a in ports:
-                    return str(ports[a])
-                if a in peers:  # ${port:SVC:PORT}
-                    return str(peer(a).address(b)[1])
-                raise StackError(f"{handle.name}: unknown port {a!r}")
-            if kind == "bind":
-                return BIND
-            if kind == "confdir":
-                return str(dirs["conf"])
-            if kind == "datadir":
-                return str(dirs["data"])
-            if kind == "python":
-                return sys.executable
-            if kind == "user":
-                return getpass.getuser()
-            if kind in {"addr", "host", "url"}:
-                target = peer(a)
-                host, port = target.address(b)
-                if kind == "host":
-                    return host
-                if kind == "addr":
-                    return f"{host}:{port}"
-                return f"{target.spec.port(b).scheme}://{host}:{port}"
-            raise StackError(f"{handle.name}: unknown placeholder ${{{kind}}}")
-
-        return resolve
+        return make_resolver(who=handle.name, ports=handle.extra["ports"],  # type: ignore[arg-type]
+                             bind=BIND, confdir=str(dirs["conf"]), datadir=str(dirs["data"]),
+                             python=sys.executable, user=getpass.getuser(), lookup=lookup)
 
     def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))

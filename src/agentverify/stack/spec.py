@@ -32,7 +32,7 @@ from typing import Literal
 import yaml
 
 from agentverify.config import Config
-from agentverify.errors import ConfigError
+from agentverify.errors import ConfigError, StackError
 from agentverify.stack.wait import (
     HttpWaitStrategy,
     PortWaitStrategy,
@@ -44,6 +44,7 @@ __all__ = [
     "ServiceSpec",
     "StackSpec",
     "build_stack_spec",
+    "make_resolver",
     "render_template",
     "ROLE_AGENT",
     "ROLE_LB",
@@ -177,9 +178,50 @@ class StackSpec:
         return done
 
 
-def render_template(text: str, resolve: Callable[[str, str | None, str | None], str]) -> str:
+Resolver = Callable[[str, str | None, str | None], str]
+
+
+def render_template(text: str, resolve: Resolver) -> str:
     """Replace every ``${kind[:a[:b]]}`` placeholder with ``resolve(kind, a, b)``."""
     return _PLACEHOLDER.sub(lambda m: str(resolve(m.group(1), m.group(2), m.group(3))), text)
+
+
+def make_resolver(*, who: str, ports: Mapping[str, int], bind: str, confdir: str,
+                  datadir: str, python: str, user: str,
+                  lookup: Callable[[str, str | None], tuple[str, int, str]]) -> Resolver:
+    """The placeholder table above, for one instance on one backend.
+
+    Args:
+        who: the instance, for messages.
+        ports: this instance's port name -> the port it listens on (first is default).
+        bind, confdir, datadir, python, user: what ``${bind}`` ... ``${user}`` become.
+        lookup: ``(service, port name or None) -> (host, port, scheme)`` of a peer as
+            this instance reaches it.
+    """
+
+    def resolve(kind: str, a: str | None, b: str | None) -> str:
+        if kind == "port":
+            if not a:
+                return str(next(iter(ports.values())))
+            if a in ports:
+                return str(ports[a])
+            return str(lookup(a, b)[1])  # ${port:SVC[:PORT]}
+        fixed = {"bind": bind, "confdir": confdir, "datadir": datadir, "python": python,
+                 "user": user}
+        if kind in fixed:
+            return fixed[kind]
+        if kind in {"addr", "host", "url"}:
+            if not a:
+                raise StackError(f"{who}: ${{{kind}}} needs a service name")
+            host, port, scheme = lookup(a, b)
+            if kind == "host":
+                return host
+            if kind == "addr":
+                return f"{host}:{port}"
+            return f"{scheme}://{host}:{port}"
+        raise StackError(f"{who}: unknown placeholder ${{{kind}}}")
+
+    return resolve
 
 
 # ------------------------------------------------------------------------------ the seed
