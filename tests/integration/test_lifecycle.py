@@ -96,7 +96,7 @@ def test_a_failed_start_names_the_service_shows_its_log_and_leaks_nothing(
     session = make_session(backend, tmp_path / "reports", env="dev",
                            state_dir=tmp_path / "state",
                            overrides={"stack.versions": {"v1": {"fail_health": True}},
-                                      "stack.start_timeout": 20})
+                                      "stack.start_timeout": 15})
     stack = session.new_stack()
     with pytest.raises(StackError) as info:
         with stack:
