@@ -19,6 +19,7 @@ import pytest
 from agentverify.config import Config, load_config
 from agentverify.errors import BackendUnavailable
 from agentverify.stack.images import (
+    _SOURCE_TOP,
     build_images,
     configured_images,
     ensure_images,
@@ -50,10 +51,17 @@ def docker_client() -> Iterator[Any]:
 def project_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A frozen copy of the sources: edits made by others during the test must not turn
     the 'nothing changed' build into a rebuild."""
+    from agentverify.stack.images import source_hash
+
     snap = tmp_path_factory.mktemp("project")
-    shutil.copy2(ROOT / "pyproject.toml", snap / "pyproject.toml")
+    # every file the source hash covers: the role tags this build moves must still
+    # match the checkout, or later docker runs would (rightly) call the images stale
+    for name in _SOURCE_TOP:
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, snap / name)
     shutil.copytree(ROOT / "src", snap / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    assert source_hash(snap) == source_hash(ROOT), "the snapshot must equal the checkout"
     return snap
 
 

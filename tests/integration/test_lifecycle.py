@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +20,50 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BACKENDS = [pytest.param("local"), pytest.param("docker", marks=pytest.mark.docker)]
 
 
-def start_up(backend: str, tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """`agentverify` child processes of a test; whatever the test's outcome, each is
+    stopped (Ctrl-C, then SIGKILL) and what a killed one left is reaped."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.stdout.close()
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    subprocess.run([sys.executable, "-m", "agentverify.cli", "reap"], env=env,
+                   capture_output=True, timeout=300, check=False)
+
+
+def launch(argv: list[str], tmp_path: Path,
+           launched: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "agentverify.cli", *argv],
+                            cwd=CONFIG.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    launched.append(proc)
+    return proc
+
+
+def start_up(backend: str, tmp_path: Path,
+             launched: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], dict]:
     """`agentverify up` in a child process; returns it and its stack.json."""
     require_backend(backend)
-    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentverify.cli", "up", "--env", "dev", "--backend", backend,
-         "--config", str(CONFIG), "--report-dir", str(tmp_path / "reports")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    proc = launch(["up", "--env", "dev", "--backend", backend, "--config", str(CONFIG),
+                   "--report-dir", str(tmp_path / "reports")], tmp_path, launched)
     stack = wait_for_file(tmp_path / "reports" / "stack.json", 180, proc)
     return proc, stack
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ctrl_c_tears_everything_down(backend: str, tmp_path: Path) -> None:
-    proc, stack = start_up(backend, tmp_path)
+def test_ctrl_c_tears_everything_down(backend: str, tmp_path: Path, launched: list) -> None:
+    proc, stack = start_up(backend, tmp_path, launched)
     run_id, run_dir = stack["run_id"], stack["run_dir"]
     assert leftovers(run_id, run_dir), "the stack's processes should be running before Ctrl-C"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
@@ -46,8 +75,9 @@ def test_ctrl_c_tears_everything_down(backend: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path) -> None:
-    proc, stack = start_up(backend, tmp_path)
+def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path,
+                                                    launched: list) -> None:
+    proc, stack = start_up(backend, tmp_path, launched)
     run_id, run_dir = stack["run_id"], stack["run_dir"]
     proc.kill()  # SIGKILL: no teardown can run
     proc.communicate(timeout=30)
@@ -75,8 +105,9 @@ def test_sigkill_leaves_a_record_the_next_run_reaps(backend: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_agentverify_reap_removes_what_a_killed_run_left(backend: str, tmp_path: Path) -> None:
-    proc, stack = start_up(backend, tmp_path)
+def test_agentverify_reap_removes_what_a_killed_run_left(backend: str, tmp_path: Path,
+                                                         launched: list) -> None:
+    proc, stack = start_up(backend, tmp_path, launched)
     proc.kill()
     proc.communicate(timeout=30)
     run_id, run_dir = stack["run_id"], stack["run_dir"]
@@ -110,16 +141,13 @@ def test_a_failed_start_names_the_service_shows_its_log_and_leaks_nothing(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ctrl_c_during_a_gate_run_tears_the_stack_down(backend: str, tmp_path: Path) -> None:
+def test_ctrl_c_during_a_gate_run_tears_the_stack_down(backend: str, tmp_path: Path,
+                                                       launched: list) -> None:
     require_backend(backend)
     reports = tmp_path / "reports"
-    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentverify.cli", "run", "--env", "dev", "--backend", backend,
-         "--config", str(CONFIG), "--report-dir", str(reports),
-         str(CONFIG.parent / "scenarios" / "rolling_update.yaml")],
-        cwd=CONFIG.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+    proc = launch(["run", "--env", "dev", "--backend", backend, "--config", str(CONFIG),
+                   "--report-dir", str(reports),
+                   str(CONFIG.parent / "scenarios" / "rolling_update.yaml")], tmp_path, launched)
     stack = wait_for_file(reports / "stack.json", 180, proc)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of a rollout
     out, _ = proc.communicate(timeout=180)
