@@ -71,6 +71,7 @@ __all__ = [
     "connect_redis",
     "live_fingerprint",
     "milvus_error",
+    "milvus_session",
     "open_backup",
     "read_archive",
     "restore_into",
@@ -634,6 +635,22 @@ def milvus_error(where: str, exc: BaseException) -> BackupRestoreError:
     return BackupRestoreError(f"{where}: {msg[0] if msg else type(exc).__name__}")
 
 
+@contextlib.contextmanager
+def milvus_session(uri: str, where: str) -> Iterator[Any]:
+    """A Milvus client that is always closed; its errors become one-line
+    :class:`BackupRestoreError` naming ``where``."""
+    client = connect_milvus(uri)
+    try:
+        yield client
+    except BackupRestoreError:
+        raise
+    except Exception as exc:  # MilvusException, grpc errors
+        raise milvus_error(where, exc) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def _plain(value: Any) -> Any:
     """describe_* output as JSON: enums by name, protobuf values unwrapped."""
     if hasattr(value, "name") and type(value).__module__.startswith("pymilvus"):
@@ -743,10 +760,9 @@ def _search(client: Any, name: str, field_name: str, metric: str, vector: list[f
 def _backup_milvus(uri: str, out: Path, say: Say, queries: int,
                    limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Export every collection; returns (manifest section, search set)."""
-    client = connect_milvus(uri)
     collections: dict[str, Any] = {}
     search: list[dict[str, Any]] = []
-    try:
+    with milvus_session(uri, f"Milvus at {uri}") as client:
         for name in sorted(client.list_collections()):
             if not _COLLECTION_NAME.match(name):
                 raise BackupRestoreError(f"Milvus collection {name!r}: unexpected name")
@@ -769,13 +785,6 @@ def _backup_milvus(uri: str, out: Path, say: Say, queries: int,
             collections[name] = {"entities": len(ids), "primary_field": pk}
             search += _search_set(client, name, schema, ids, queries, limit)
             say(f"  milvus: {name}: {len(ids)} entities, {len(schema['indexes'])} index(es)")
-    except BackupRestoreError:
-        raise
-    except Exception as exc:  # MilvusException, grpc errors
-        raise milvus_error(f"Milvus at {uri}", exc) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
     return {"collections": collections}, search
 
 
@@ -832,8 +841,7 @@ def _count(client: Any, name: str) -> int:
 
 def _restore_milvus(uri: str, backup: OpenedBackup, batch_size: int, timeout: float,
                     say: Say) -> None:
-    client = connect_milvus(uri)
-    try:
+    with milvus_session(uri, f"Milvus at {uri}: restore") as client:
         for name, info in sorted(backup.collections.items()):
             cdir = backup.dir / "milvus" / name
             schema = json.loads((cdir / "schema.json").read_text())
@@ -865,13 +873,6 @@ def _restore_milvus(uri: str, backup: OpenedBackup, batch_size: int, timeout: fl
                         f"{timeout:.0f}s after the restore")
                 time.sleep(0.2)
             say(f"  milvus: {name}: recreated, {want} entities inserted")
-    except BackupRestoreError:
-        raise
-    except Exception as exc:  # MilvusException, grpc errors
-        raise milvus_error(f"Milvus at {uri}: restore", exc) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
 
 
 # ================================================================================ stack
@@ -1076,8 +1077,7 @@ def _compare_redis(url: str, backup: OpenedBackup, cmp: Comparison, slack_s: flo
 
 def _compare_milvus(uri: str, backup: OpenedBackup, cmp: Comparison, tol: float,
                     score_tol: float) -> None:
-    client = connect_milvus(uri)
-    try:
+    with milvus_session(uri, f"Milvus at {uri}: verify") as client:
         for name, info in sorted(backup.collections.items()):
             cdir = backup.dir / "milvus" / name
             schema = json.loads((cdir / "schema.json").read_text())
@@ -1115,11 +1115,6 @@ def _compare_milvus(uri: str, backup: OpenedBackup, cmp: Comparison, tol: float,
             if problem:
                 cmp.search_mismatches += 1
                 cmp.note(f"search: {q['collection']} query {q['query_entity']!r}: {problem}")
-    except Exception as exc:  # MilvusException, grpc errors
-        raise milvus_error(f"Milvus at {uri}: verify", exc) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
 
 
 def _search_differs(expected: list[dict[str, Any]], got: list[dict[str, Any]],
@@ -1183,14 +1178,8 @@ def live_fingerprint(stack: Any) -> dict[str, Any]:
     snap = snapshot_redis(url)
     out["redis.keys"] = sorted((k, r.type, r.digest) for k, r in snap.keys.items())
     uri = stack.service(service_name(stack, "vector_store")).url()
-    client = connect_milvus(uri)
-    try:
+    with milvus_session(uri, f"Milvus at {uri}") as client:
         out["milvus.entities"] = {n: _count(client, n) for n in sorted(client.list_collections())}
-    except Exception as exc:  # MilvusException, grpc errors
-        raise milvus_error(f"Milvus at {uri}", exc) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
     return out
 
 

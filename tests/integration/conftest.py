@@ -72,6 +72,17 @@ def make_session(backend: str, report_dir: Path, *, env: str = "staging",
                               say=lambda line: print(f"agentverify: {line}"))
 
 
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[Any]:
+    """A docker SDK client; fails (never skips) when no engine answers."""
+    require_docker()
+    import docker
+
+    client = docker.from_env(timeout=120)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     require_backend(request.param)

@@ -40,17 +40,8 @@ SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb"}
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    import docker
-
-    try:
-        c = docker.from_env(timeout=120)
-        c.ping()
-    except Exception as exc:  # the SDK raises DockerException or requests errors
-        pytest.fail(f"the Docker engine does not answer: start dockerd (scripts/bootstrap "
-                    f"does it): {exc}", pytrace=False)
-    yield c
-    c.close()
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 def _of_run(client: Any, run_id: str) -> tuple[list[Any], list[Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_LABEL = f"test-images-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    import docker
-
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:  # the SDK raises DockerException or requests errors
-        pytest.fail(f"no Docker engine answers: start the Docker engine (scripts/bootstrap "
-                    f"does it): {exc}", pytrace=False)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,8 @@ from agentverify.backup import (
     TAMPER_MODES,
     backup_stack,
     compare_with,
-    connect_milvus,
     live_fingerprint,
-    milvus_error,
+    milvus_session,
     open_backup,
     restore_into,
     service_name,
@@ -131,8 +130,7 @@ def _seed_value(field: dict[str, Any], i: int, rng: random.Random) -> Any:
 
 
 def _seed_milvus(uri: str, collection: str, params: SeedParams) -> list[Any]:
-    client = connect_milvus(uri)
-    try:
+    with milvus_session(uri, f"seeding Milvus at {uri}: {collection}") as client:
         if not client.has_collection(collection):
             raise BackupRestoreError(
                 f"Milvus at {uri}: collection {collection!r} does not exist (did the "
@@ -154,21 +152,12 @@ def _seed_milvus(uri: str, collection: str, params: SeedParams) -> list[Any]:
             client.upsert(collection, rows)
             client.flush(collection)
         return ids
-    except BackupRestoreError:
-        raise
-    except Exception as exc:  # MilvusException, grpc errors
-        raise milvus_error(f"seeding Milvus at {uri}: {collection}", exc) from exc
-    finally:
-        client.close()
 
 
 def _delete_entities(uri: str, collection: str, ids: list[Any]) -> None:
-    client = connect_milvus(uri)
-    try:
+    with milvus_session(uri, f"Milvus at {uri}") as client:
         client.delete(collection, ids=ids)
         client.flush(collection)
-    finally:
-        client.close()
 
 
 @step("seed_data", params=SeedParams, facts=("seeded_keys", "seeded_entities"))
