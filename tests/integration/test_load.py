@@ -203,7 +203,8 @@ def test_cost_per_request_falls_as_the_cache_hit_ratio_rises(av_session: Any, st
         facts = cache_cost(ctx, CacheCostParams(duration_s=3, users=3, low_repeat_ratio=0.2,
                                                 high_repeat_ratio=0.9))
     assert facts["cache_cost_low_hit_ratio"] < facts["cache_cost_high_hit_ratio"]
-    assert facts["cache_cost_high_hit_ratio"] > 0.8
+    # a ~45-request sample of a 0.9 repeat ratio: 0.8 is two standard deviations low
+    assert facts["cache_cost_high_hit_ratio"] >= 0.7
     assert facts["cache_cost_ratio"] < 0.5
     assert facts["cache_cost_hit_llm_calls"] == 0
     assert facts["cache_cost_failures"] == 0
