@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ import httpx
 
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
+from agentverify.stack.runstate import terminate_group
 
 APP = textwrap.dedent("""\
     from fastapi import FastAPI
@@ -90,13 +89,7 @@ def serve(workdir: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate_group(proc, grace=10)
         log.close()
 
 

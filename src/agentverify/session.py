@@ -84,8 +84,7 @@ class AgentVerifySession:
         stack = Stack.from_config(config or self.config, backend=self.backend_name,
                                   progress=self._progress, environ=self.environ,
                                   state_dir=default_state_dir(self.environ))
-        for value in getattr(stack.redactor, "_values", []):
-            self.redactor.add(value)
+        self.redactor.extend(stack.redactor)
         return stack
 
     def stack(self) -> Stack:

@@ -86,9 +86,9 @@ def wait_for_generation(url: str, generation: int, *, timeout: float = 15.0) -> 
     last = "no answer"
     while time.monotonic() - start < timeout:
         try:
-            # a fresh connection each time: keep-alive would pin an old worker
-            resp = _http.client().get(f"{url}/nginx-health", timeout=2.0,
-                             headers={"Connection": "close"})
+            # the shared client opens a fresh connection each time: keep-alive would pin
+            # an old nginx worker and show the old generation
+            resp = _http.client().get(f"{url}/nginx-health", timeout=2.0)
             seen = resp.headers.get(GENERATION_HEADER)
             if seen is not None and int(seen) >= generation:
                 return time.monotonic() - start

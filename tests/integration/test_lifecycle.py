@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentverify.errors import ServiceNotReady, StackError
+from agentverify.stack.runstate import terminate_group
 from tests.integration.conftest import CONFIG, make_session, require_backend
 from tests.integration.helpers import leftovers, processes_of_run, wait_for_file, wait_until
 
@@ -27,13 +28,7 @@ def launched(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
     yield procs
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        terminate_group(proc, sig=signal.SIGINT, grace=120)  # Ctrl-C, then SIGKILL
         if proc.stdout is not None and not proc.stdout.closed:
             proc.stdout.close()
     env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))

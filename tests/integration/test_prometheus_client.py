@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from agentverify.errors import StackError
 from agentverify.monitoring.dashboard import check_dashboard, load_dashboard
 from agentverify.monitoring.prometheus import AlertmanagerClient, PrometheusClient
+from agentverify.stack.runstate import terminate_group
 
 pytestmark = pytest.mark.integration
 
@@ -80,20 +80,7 @@ def _start(args: list[str], url: str, ready_path: str, log: Path) -> _Server:
 
 def _stop(server: _Server) -> None:
     """SIGTERM the process group, SIGKILL it after a grace period; idempotent."""
-    proc = server.proc
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=STOP_GRACE)
+    terminate_group(server.proc, grace=STOP_GRACE)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from agentverify.stack.runstate import terminate_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,21 +94,7 @@ class Proc:
         """SIGTERM the process group, SIGKILL it after ``grace`` seconds. Idempotent."""
         if self.popen is None:
             return
-        pgid = self.popen.pid  # start_new_session: the child leads its own group
-        if self.popen.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # whatever of the group is left
-        except ProcessLookupError:
-            pass
-        self.popen.wait(timeout=grace)
+        terminate_group(self.popen, grace=grace)
 
 
 def wait_until(

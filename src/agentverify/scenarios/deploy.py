@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from agentverify import _http
 from agentverify.errors import AgentVerifyError, DeployError
 from agentverify.scenarios.registry import StepParams, step
+from agentverify.scenarios.smoke import unhealthy
 from agentverify.stack.wait import PortWaitStrategy
 
 __all__ = ["SEED_REQUIRED_ENV"]
@@ -89,14 +89,9 @@ def deploy(ctx: Any, params: DeployParams) -> dict[str, Any]:
         ctx.say(f"  deploy: {len(standby)} replica(s) of {params.version} healthy on standby")
 
     def health() -> None:
-        bad = []
-        for r in standby:
-            resp = _http.client().get(r.url + ctx.config.stack.agent.health_path,
-                                      timeout=5.0)
-            if resp.status_code != 200:
-                bad.append(f"{r.instance}: {resp.status_code}")
+        bad = unhealthy(standby, ctx.config.stack.agent.health_path)
         if bad:
-            raise DeployError(f"health check failed: {', '.join(bad)}")
+            raise DeployError(f"health check failed: {'; '.join(bad)}")
 
     def switch() -> None:
         seconds = stack.promote(standby)

@@ -156,8 +156,6 @@ def do_rollout(ctx: Any, params: RolloutParams) -> dict[str, Any]:
             done_at = probe.elapsed
             time.sleep(max(params.bake_s, 0.5))  # watch the recovered fleet
             facts["failed_after_rollback"] = probe.snapshot().failed_after(done_at)
-    elif params.auto_rollback:
-        facts["rolled_back"] = True  # nothing had moved: the fleet is still on from_version
     return facts
 
 

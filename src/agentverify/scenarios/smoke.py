@@ -29,7 +29,7 @@ from agentverify import _http
 from agentverify.errors import ConfigError, ScenarioError
 from agentverify.scenarios.registry import StepParams, step
 
-__all__ = ["load_prompts"]
+__all__ = ["load_prompts", "unhealthy"]
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -53,25 +53,27 @@ def load_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def unhealthy(replicas: list[Any], path: str) -> list[str]:
+    """GET ``path`` on each replica directly; one line per replica that did not answer 200."""
+    bad = []
+    for r in replicas:
+        try:
+            resp = _http.client().get(r.url + path, timeout=5.0)
+            if resp.status_code != 200:
+                bad.append(f"{r.instance}: {resp.status_code} {resp.text[:120]}")
+        except httpx.HTTPError as exc:
+            bad.append(f"{r.instance}: {type(exc).__name__}: {exc}")
+    return bad
+
+
 @step("health", facts=("replicas", "healthy_replicas", "unhealthy_replicas"))
 def health(ctx: Any, params: StepParams) -> dict[str, Any]:
     """GET /health on every replica directly; each must answer 200."""
-    healthy, bad = 0, []
-    for r in ctx.stack.replicas:
-        try:
-            resp = _http.client().get(r.url + ctx.config.stack.agent.health_path,
-                                      timeout=5.0)
-            ok = resp.status_code == 200
-            detail = f"{resp.status_code} {resp.text[:120]}"
-        except httpx.HTTPError as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        if ok:
-            healthy += 1
-        else:
-            bad.append(f"{r.instance}: {detail}")
+    replicas = ctx.stack.replicas
+    bad = unhealthy(replicas, ctx.config.stack.agent.health_path)
     for line in bad:
         ctx.say(f"  unhealthy {line}")
-    return {"replicas": len(ctx.stack.replicas), "healthy_replicas": healthy,
+    return {"replicas": len(replicas), "healthy_replicas": len(replicas) - len(bad),
             "unhealthy_replicas": len(bad)}
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from agentverify.errors import ConfigError
+from agentverify.errors import ConfigError, StackError
 from agentverify.stack.wait import ServiceStatus
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from agentverify.stack.spec import ServiceSpec
 
 __all__ = ["Backend", "BACKENDS", "CommandResult", "Handle", "get_backend",
-           "backend_names", "resolve_backend_name"]
+           "backend_names", "peer_lookup", "resolve_backend_name"]
 
 BACKENDS: dict[str, str] = {
     "local": "agentverify.stack.local.LocalBackend",
@@ -146,6 +146,21 @@ class Backend(Protocol):
     @classmethod
     def reap_stale(cls) -> list[str]:
         """Remove what runs killed without teardown left behind; return descriptions."""
+
+
+def peer_lookup(who: str, peers: Mapping[str, Handle]):
+    """``(service, port) -> (host, port, scheme)`` of a running peer as other services
+    reach it: the ``lookup`` every backend gives :func:`~agentverify.stack.spec.make_resolver`."""
+
+    def lookup(service: str, port: str | None) -> tuple[str, int, str]:
+        if service not in peers:
+            raise StackError(f"{who}: refers to service {service!r}, which is not running "
+                             f"(known: {sorted(peers)})")
+        target = peers[service]
+        host, hport = target.address(port)
+        return host, hport, target.spec.port(port).scheme
+
+    return lookup
 
 
 def backend_names() -> list[str]:

@@ -59,7 +59,7 @@ from agentverify.errors import (
     ServiceStartError,
     StackError,
 )
-from agentverify.stack.backend import CommandResult, Handle
+from agentverify.stack.backend import CommandResult, Handle, peer_lookup
 from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive, write_atomic
 from agentverify.stack.spec import ROLE_AGENT, Resolver, ServiceSpec, make_resolver, render_template
 from agentverify.stack.wait import ServiceStatus
@@ -450,15 +450,7 @@ class DockerBackend:
     # ----------------------------------------------------------------- helpers
 
     def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
-        def lookup(service: str, port: str | None) -> tuple[str, int, str]:
-            if service not in peers:
-                raise StackError(f"{handle.name}: refers to service {service!r}, "
-                                 f"which is not running (known: {sorted(peers)})")
-            target = peers[service]
-            host, cport = target.address(port)
-            return host, cport, target.spec.port(port).scheme
-
-        return container_resolver(handle.spec, lookup, who=handle.name)
+        return container_resolver(handle.spec, peer_lookup(handle.name, peers), who=handle.name)
 
     def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))

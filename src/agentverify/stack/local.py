@@ -23,12 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agentverify.errors import BackendUnavailable, ServiceStartError, StackError
-from agentverify.stack.backend import CommandResult, Handle
+from agentverify.stack.backend import CommandResult, Handle, peer_lookup
 from agentverify.stack.runstate import (
     RUN_ID_ENV,
     RunContext,
     kill_group,
     reap_stale_runs,
+    terminate_group,
     write_atomic,
 )
 from agentverify.stack.spec import Resolver, ServiceSpec, make_resolver, render_template
@@ -111,18 +112,10 @@ class LocalBackend:
 
     def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
         dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
-
-        def lookup(service: str, port: str | None) -> tuple[str, int, str]:
-            if service not in peers:
-                raise StackError(f"{handle.name}: refers to service {service!r}, "
-                                 f"which is not running (known: {sorted(peers)})")
-            target = peers[service]
-            host, hport = target.address(port)
-            return host, hport, target.spec.port(port).scheme
-
         return make_resolver(who=handle.name, ports=handle.extra["ports"],  # type: ignore[arg-type]
                              bind=BIND, confdir=str(dirs["conf"]), datadir=str(dirs["data"]),
-                             python=sys.executable, user=getpass.getuser(), lookup=lookup)
+                             python=sys.executable, user=getpass.getuser(),
+                             lookup=peer_lookup(handle.name, peers))
 
     def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))
@@ -199,15 +192,7 @@ class LocalBackend:
             return
         grace = handle.spec.stop_grace if grace is None else grace
         run = self._require_run()
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
+        terminate_group(proc, grace=grace, kill=False)
         # the leader may be gone while children of its group live on (nginx workers)
         kill_group(proc.pid, run.run_id, run.run_dir, signal.SIGKILL)
         try:

@@ -16,11 +16,13 @@ recycled pid is never touched. Containers are reaped by label in the docker back
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunContext", "belongs_to_run", "default_state_dir", "kill_group",
-           "owner_alive", "process_alive", "reap_stale_runs", "write_atomic", "RUN_ID_ENV"]
+           "owner_alive", "process_alive", "reap_stale_runs", "terminate_group",
+           "write_atomic", "RUN_ID_ENV"]
 
 RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
 KEEP_FINISHED_RUNS = 5
@@ -108,6 +111,28 @@ def _pids_in_group(pgid: int) -> list[int]:
         except (ProcessLookupError, PermissionError):
             continue
     return pids
+
+
+def terminate_group(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
+                    grace: float = 10.0, kill: bool = True) -> None:
+    """Stop the process group ``proc`` leads (it was started with ``start_new_session``).
+
+    Sends ``sig`` to the group, waits up to ``grace`` seconds for the leader, then (if
+    ``kill``) SIGKILLs the group. Idempotent; only this process's own group is signalled.
+    """
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        if not kill:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def kill_group(pgid: int, run_id: str, run_dir: Path | str,

@@ -33,11 +33,13 @@ import yaml
 
 from agentverify.config import Config
 from agentverify.errors import ConfigError, StackError
+from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
 from agentverify.stack.wait import (
     HttpWaitStrategy,
     PortWaitStrategy,
     WaitStrategy,
 )
+from agentverify.traffic import nginx_conf
 
 __all__ = [
     "Port",
@@ -331,9 +333,6 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str]) -> StackSpe
         config: the resolved configuration.
         api_keys: env var name -> secret value for the LLM keys (never logged).
     """
-    from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
-    from agentverify.traffic import nginx_conf
-
     start_timeout = config.stack.start_timeout
     ingest_key = {config.model.api_key_env: api_keys[config.model.api_key_env]}
     llm = ServiceSpec(

@@ -66,6 +66,8 @@ class Replica:
     slot: int
     version: str
     handle: Handle
+    #: how this replica replaced its predecessor (None for one started with the stack)
+    replaced: StepTiming | None = None
 
     @property
     def instance(self) -> str:
@@ -83,7 +85,6 @@ class StepTiming:
     instance: str
     from_version: str
     to_version: str
-    start_s: float
     healthy_s: float
     switched_s: float
     stopped_s: float
@@ -109,14 +110,17 @@ class Stack:
             rolling updates, rollbacks and scaling.
         progress: receives a :class:`ProgressEvent` for every state change.
         redactor: masks secrets in every message this stack produces.
+        config: the resolved :class:`~agentverify.config.Config` (timeouts); optional.
     """
 
     def __init__(self, spec: StackSpec, backend: Backend, *,
                  agent_factory: Callable[[str], ServiceSpec] | None = None,
                  progress: ProgressSink | None = None,
                  redactor: Redactor | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None,
+                 config: Any = None) -> None:
         self.spec = spec
+        self.config = config
         self.backend = backend
         self.agent_factory = agent_factory
         self.progress = progress or (lambda event: None)
@@ -147,12 +151,9 @@ class Stack:
         spec = build_stack_spec(config, api_keys=keys)
         be = backend if not isinstance(backend, (str, type(None))) else \
             get_backend(backend or config.stack.backend, config=config)
-        stack = cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
-                    agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
-        stack.config = config
-        return stack
-
-    config: Any = None
+        return cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
+                   config=config,
+                   agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
 
     # ------------------------------------------------------------------ context manager
 
@@ -477,7 +478,6 @@ class Stack:
             (self.spec.by_role(ROLE_AGENT)[0].version or "v1")
 
     def replace_replica(self, replica: Replica, version: str, *,
-                        on_step: Callable[[StepTiming], None] | None = None,
                         health_timeout: float | None = None) -> Replica:
         """Start the new instance, wait healthy, switch traffic to it, stop the old one.
 
@@ -504,10 +504,8 @@ class Stack:
         self.backend.stop(replica.handle)
         self._forget(replica.handle)
         self.progress(ProgressEvent(replica.handle.name, "stopped"))
-        step = StepTiming(replica.instance, replica.version, version, 0.0, healthy - t0,
-                          switched - t0, time.monotonic() - t0)
-        if on_step:
-            on_step(step)
+        new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
+                                  switched - t0, time.monotonic() - t0)
         return new
 
     def _discard_failed(self, instance: str, generation: int) -> None:
@@ -579,27 +577,20 @@ class Stack:
             list(pool.map(lambda r: (self.backend.stop(r.handle), self._forget(r.handle)), old))
         return switched
 
-    def rolling_update(self, version: str, *,
-                       on_step: Callable[[StepTiming], None] | None = None) -> list[StepTiming]:
+    def rolling_update(self, version: str) -> list[StepTiming]:
         """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
 
         Raises:
             DeployError: a new replica did not become healthy. Replicas already moved
                 stay on ``version``; the caller decides to roll back.
         """
-        steps: list[StepTiming] = []
-        for replica in self.replicas:
-            if replica.version == version:
-                continue
-            self.replace_replica(replica, version,
-                                 on_step=lambda s: (steps.append(s), on_step and on_step(s)))
-        return steps
+        return [self.replace_replica(r, version).replaced  # type: ignore[misc]
+                for r in self.replicas if r.version != version]
 
-    def rollback(self, version: str, *,
-                 on_step: Callable[[StepTiming], None] | None = None) -> list[StepTiming]:
+    def rollback(self, version: str) -> list[StepTiming]:
         """Bring every replica back to ``version``, one at a time."""
         try:
-            return self.rolling_update(version, on_step=on_step)
+            return self.rolling_update(version)
         except DeployError as exc:
             raise RollbackError(f"rollback to {version} failed: {exc}") from exc
 
@@ -641,13 +632,6 @@ class Stack:
             handle.spec.health.wait_until_ready(handle)
         self.progress(ProgressEvent(handle.name, "ready"))
         return handle
-
-    def restart_agents(self) -> list[StepTiming]:
-        """Rolling restart of every replica at its current version."""
-        steps = []
-        for replica in self.replicas:
-            self.replace_replica(replica, replica.version, on_step=steps.append)
-        return steps
 
     def timings(self) -> dict[str, float]:
         """Instance -> seconds from start to ready, for every instance that got ready."""
