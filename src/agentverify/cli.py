@@ -237,14 +237,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_reap(args: argparse.Namespace) -> int:
     from agentverify.stack.backend import BACKENDS, get_backend
+    from agentverify.stack.stack import reap_leftovers
 
-    reaped: list[str] = []
+    backends = []
     for name in BACKENDS:
         try:
-            backend_cls = type(get_backend(name))
-        except AgentVerifyError:
+            backends.append(get_backend(name))
+        except AgentVerifyError:  # e.g. docker not installed: nothing of it to reap
             continue
-        reaped += backend_cls.reap_stale()
+    reaped = reap_leftovers(backends)
     for item in reaped:
         print(f"reaped {item}")
     print(f"agentverify: {len(reaped)} leftover(s) reaped")

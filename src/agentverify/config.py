@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agentverify.errors import ConfigError
+from agentverify.seed import Objectives, Section, SeedConfig
 
 __all__ = [
     "Config",
+    "SLOConfig",
+    "with_overrides",
     "DEFAULT_ENVIRONMENTS",
     "ENV_PREFIX",
     "load_config",
@@ -44,77 +47,11 @@ __all__ = [
 
 ENV_PREFIX = "AGENTVERIFY_"
 DEFAULT_CONFIG_NAME = "agentverify.yaml"
-_DURATION = re.compile(r"^\d+(ms|s|m|h)$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?[KMGkmg]?$")
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors: a typo in a gate threshold must not silently pass a gate.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-# --------------------------------------------------------------------------- seed sections
-
-
-class BackupModelConfig(_Section):
-    """The backup LLM API the API-error runbook switches to."""
-
-    provider: str = "openai"
-    model_name: str = "gpt-3.5-turbo"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_BACKUP_API_KEY"
-
-
-class ModelConfig(_Section):
-    """The seed's ``model`` section: which LLM the agent calls and how."""
-
-    provider: str = "openai"
-    model_name: str = "gpt-4"
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(2000, ge=1)
-    retry_count: int = Field(3, ge=0, le=20)
-    timeout: float = Field(30.0, gt=0)
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible base URL; empty means the stack's LLM stub."
-    )
-    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    backup: BackupModelConfig = Field(default_factory=BackupModelConfig)
-
-
-class VectorStoreConfig(_Section):
-    """The seed's ``vector_store`` section."""
-
-    type: Literal["milvus"] = "milvus"
-    host: str = "milvus.internal"
-    port: int = Field(19530, ge=1, le=65535)
-    collection: str = Field("agent_knowledge", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    dim: int = Field(64, ge=2, le=4096)
-    top_k: int = Field(3, ge=1, le=100)
-
-
-class CacheConfig(_Section):
-    """The seed's ``cache`` section."""
-
-    type: Literal["redis"] = "redis"
-    url: str = "redis://redis.internal:6379"
-    ttl: int = Field(3600, ge=1)
-
-
-class MonitoringConfig(_Section):
-    """The seed's ``monitoring`` section, plus the scrape cadence agentverify renders."""
-
-    prometheus_port: int = Field(9090, ge=1, le=65535)
-    grafana_port: int = Field(3000, ge=1, le=65535)
-    alert_webhook: str | None = None
-    scrape_interval: str = "15s"
-    evaluation_interval: str = "15s"
-
-    @field_validator("scrape_interval", "evaluation_interval")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        if not _DURATION.match(v):
-            raise ValueError("expected a Prometheus duration such as '1s' or '15s'")
-        return v
+class _Section(Section):
+    """A section only agentverify reads (unknown keys are errors)."""
 
 
 # --------------------------------------------------------------------- agentverify sections
@@ -167,7 +104,8 @@ class AgentServiceConfig(_Section):
 class StackConfig(_Section):
     """What agentverify brings up."""
 
-    backend: Literal["auto", "local", "docker"] = "auto"
+    backend: str = Field("auto", pattern=r"^[a-z][a-z0-9_-]*$",
+                         description="auto, or a backend name (local, docker, ...)")
     replicas: int = Field(3, ge=1, le=32)
     version: str = Field("v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     versions: dict[str, VersionConfig] = Field(default_factory=dict)
@@ -178,6 +116,16 @@ class StackConfig(_Section):
     start_timeout: float = Field(60.0, gt=0)
     knowledge_dir: str = "fixtures/knowledge"
     alertmanager: bool = True
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_name(cls, v: str) -> str:
+        from agentverify.stack.backend import backend_names
+
+        valid = ["auto", *backend_names()]
+        if v not in valid:
+            raise ValueError(f"expected one of {', '.join(valid)}, got {v!r}")
+        return v
 
     @field_validator("versions")
     @classmethod
@@ -191,45 +139,10 @@ class StackConfig(_Section):
         return self.versions.get(version, VersionConfig())
 
 
-class RateLimitConfig(_Section):
-    """Per-client rate limit, shared across replicas through Redis."""
+class SLOConfig(Objectives):
+    """The environment's objectives, gated by ``load`` (unset: not gated)."""
 
-    enabled: bool = False
-    requests_per_second: float = Field(20.0, gt=0)
-    burst: int = Field(20, ge=1)
-
-
-class SLOConfig(_Section):
-    """Latency / error / throughput objectives; unset means not gated."""
-
-    p50_ms: float | None = Field(None, gt=0)
-    p95_ms: float | None = Field(None, gt=0)
-    p99_ms: float | None = Field(None, gt=0)
-    error_ratio: float | None = Field(None, ge=0, le=1)
-    min_rps: float | None = Field(None, ge=0)
     abort_on_fail: bool = False
-
-
-class PriceConfig(_Section):
-    input_per_million: float = Field(..., ge=0)
-    output_per_million: float = Field(..., ge=0)
-
-
-def _default_prices() -> dict[str, PriceConfig]:
-    # USD per million tokens; public list prices at the time of writing.
-    return {
-        "gpt-4": PriceConfig(input_per_million=30.0, output_per_million=60.0),
-        "gpt-3.5-turbo": PriceConfig(input_per_million=0.5, output_per_million=1.5),
-        "text-embedding-3-small": PriceConfig(input_per_million=0.02, output_per_million=0.0),
-    }
-
-
-class CostConfig(_Section):
-    prices: dict[str, PriceConfig] = Field(default_factory=_default_prices)
-    budget_usd: float | None = Field(None, ge=0)
-    max_cost_per_request_usd: float | None = Field(None, ge=0)
-    max_cost_per_1k_requests_usd: float | None = Field(None, ge=0)
-    embedding_model: str = "text-embedding-3-small"
 
 
 class LoadConfig(_Section):
@@ -244,19 +157,12 @@ class LoadConfig(_Section):
     shape: Literal["constant", "ramp", "step"] = "constant"
 
 
-class Config(_Section):
-    """The resolved configuration of one environment."""
+class Config(SeedConfig):
+    """The resolved configuration of one environment: the seed's file plus the sections
+    only agentverify reads."""
 
-    environment: str = "dev"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
-    cost: CostConfig = Field(default_factory=CostConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
 
     # Not part of the file: where it came from, for messages and relative paths.
@@ -268,13 +174,6 @@ class Config(_Section):
         p = Path(relative)
         return p if p.is_absolute() else Path(self.root) / p
 
-    def seed_dict(self) -> dict[str, Any]:
-        """The seed-format ``config.yaml`` the deploy step writes for the agent."""
-        data = self.model_dump(
-            include={"environment", "log_level", "model", "vector_store", "cache",
-                     "monitoring", "rate_limit", "cost"}
-        )
-        return data
 
 
 # Used when no config file exists, so `pytest --agentverify-env staging` works anywhere.
@@ -494,38 +393,14 @@ def load_config(
         )
 
     env_vars = _env_overrides(environ)
+    layers = [(env_vars, "environment"), (overrides, override_source)]
 
-    def build(name: str, *, with_overrides: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    def validate(name: str, *, with_overrides: bool) -> Config:
         overlay = environments.get(name, {})
         data = _deep_merge(raw, overlay)
         data["environment"] = name
-        layer: dict[str, Any] = {}
-        if with_overrides:
-            for key, value in env_vars.items():
-                _set_path(data, key, value)
-                _set_path(layer, key, ("env", key))
-            for key, value in overrides.items():
-                _set_path(data, key, value)
-                _set_path(layer, key, ("override", key))
-        return data, overlay
-
-    def validate(name: str, *, with_overrides: bool) -> Config:
-        data, overlay = build(name, with_overrides=with_overrides)
-
-        def describe(loc: tuple[Any, ...], key: str) -> tuple[str, str]:
-            if with_overrides:
-                for k in overrides:
-                    if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                        return override_source, k
-                for k in env_vars:
-                    if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                        return "environment", ENV_PREFIX + k.upper().replace(".", "__")
-            if _has_path(overlay, loc):
-                return source, f"environments.{name}.{key}"
-            return source, key
-
-        cfg = _validate(data, describe_source=describe)
-        return cfg
+        return _apply(data, layers if with_overrides else [], source=source,
+                      overlay=(name, overlay))
 
     # A broken overlay of another environment must fail this run too: CI for staging is
     # where a typo in the production overlay should be caught.
@@ -535,6 +410,44 @@ def load_config(
     cfg = validate(chosen, with_overrides=True)
     cfg.source = source
     cfg.root = str(file_path.parent.resolve()) if file_path is not None else str(Path.cwd())
+    return cfg
+
+
+def _apply(data: dict[str, Any], layers: list[tuple[Mapping[str, Any], str]], *, source: str,
+           overlay: tuple[str, Mapping[str, Any]] | None = None) -> Config:
+    """Set every dotted key of every layer on ``data`` (later layers win) and validate.
+
+    The one place overrides are applied: :func:`load_config` (variables, then the
+    command line) and :func:`with_overrides` (a fresh stack's changes) both use it, so
+    a bad value is one :class:`ConfigError` naming where it came from.
+    """
+    for keys, _ in layers:
+        for key, value in keys.items():
+            _set_path(data, key, value)
+
+    def describe(loc: tuple[Any, ...], key: str) -> tuple[str, str]:
+        for keys, layer_source in reversed(layers):
+            for k in keys:
+                if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                    if layer_source == "environment":
+                        return layer_source, ENV_PREFIX + k.upper().replace(".", "__")
+                    return layer_source, k
+        if overlay is not None and _has_path(overlay[1], loc):
+            return source, f"environments.{overlay[0]}.{key}"
+        return source, key
+
+    return _validate(data, describe_source=describe)
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any], *,
+                   source: str = "overrides") -> Config:
+    """A copy of ``config`` with dotted keys changed (``{"stack.replicas": 1}``).
+
+    Raises:
+        ConfigError: a key or value is invalid, naming ``source`` and the key.
+    """
+    cfg = _apply(config.model_dump(), [(overrides, source)], source=config.source)
+    cfg.source, cfg.root = config.source, config.root
     return cfg
 
 

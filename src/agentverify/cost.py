@@ -7,7 +7,7 @@ it does not, the dashboard a team budgets from is lying, and the gate says which
 token is off.
 
 Example:
-    >>> prices = PriceTable({"gpt-4": Price(30.0, 60.0)})
+    >>> prices = PriceTable({"gpt-4": Price(input_per_million=30.0, output_per_million=60.0)})
     >>> before = {"models": {"gpt-4": {"prompt_tokens": 0, "completion_tokens": 0}}}
     >>> after = {"models": {"gpt-4": {"prompt_tokens": 1000, "completion_tokens": 500,
     ...                               "chat_requests": 2}}}
@@ -24,13 +24,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentverify.seed import CostSection, Price
+
 __all__ = [
     "TOKEN_KINDS",
     "Budget",
     "CostBreakdown",
     "LedgerDelta",
     "ModelUsage",
-    "Price",
     "PriceTable",
     "TokenCheck",
     "check_tokens",
@@ -52,14 +53,6 @@ def format_usd(value: float) -> str:
     if abs(value) >= 1:
         return f"${value:,.2f}"
     return f"${value:.3g}"
-
-
-@dataclass(frozen=True)
-class Price:
-    """USD per million tokens of one model (embeddings are billed as input)."""
-
-    input_per_million: float
-    output_per_million: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -131,17 +124,15 @@ class PriceTable:
     """Prices per model (``cost.prices`` of the config).
 
     Args:
-        prices: model name -> :class:`Price` (or anything with ``input_per_million`` and
-            ``output_per_million``, e.g. the config's ``PriceConfig``).
+        prices: model name -> :class:`~agentverify.seed.Price` (``cost.prices``).
     """
 
-    def __init__(self, prices: Mapping[str, Any]) -> None:
-        self.prices = {name: Price(float(p.input_per_million), float(p.output_per_million))
-                       for name, p in prices.items()}
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self.prices = dict(prices)
 
     @classmethod
-    def from_config(cls, cost_config: Any) -> PriceTable:
-        """From :class:`~agentverify.config.CostConfig`."""
+    def from_config(cls, cost_config: CostSection) -> PriceTable:
+        """From the config's ``cost`` section (:class:`~agentverify.seed.CostSection`)."""
         return cls(cost_config.prices)
 
     def cost(self, delta: LedgerDelta) -> CostBreakdown:

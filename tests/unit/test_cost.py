@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentverify.config import CostConfig
 from agentverify.cost import (
     Budget,
     LedgerDelta,
@@ -14,6 +13,7 @@ from agentverify.cost import (
     counter_increase,
     format_usd,
 )
+from agentverify.seed import CostSection
 
 
 def _ledger(**models: dict[str, int]) -> dict[str, object]:
@@ -21,7 +21,8 @@ def _ledger(**models: dict[str, int]) -> dict[str, object]:
 
 
 def test_cost_prices_prompt_and_embedding_as_input_and_completion_as_output() -> None:
-    prices = PriceTable({"gpt-4": Price(30.0, 60.0), "emb": Price(0.02, 0.0)})
+    prices = PriceTable({"gpt-4": Price(input_per_million=30.0, output_per_million=60.0),
+                         "emb": Price(input_per_million=0.02, output_per_million=0.0)})
     delta = LedgerDelta.between(
         _ledger(),
         _ledger(**{"gpt-4": {"prompt_tokens": 2_000_000, "completion_tokens": 500_000},
@@ -40,8 +41,8 @@ def test_a_model_without_a_price_costs_nothing_and_is_named() -> None:
 
 
 def test_price_table_from_the_config_section() -> None:
-    table = PriceTable.from_config(CostConfig())
-    assert table.prices["gpt-4"] == Price(30.0, 60.0)
+    table = PriceTable.from_config(CostSection())
+    assert table.prices["gpt-4"] == Price(input_per_million=30.0, output_per_million=60.0)
 
 
 def test_ledger_delta_per_model_and_totals() -> None:

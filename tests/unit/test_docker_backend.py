@@ -21,6 +21,7 @@ from agentverify.stack.backend import Backend, Handle, get_backend
 from agentverify.stack.docker import (
     ENGINE_DOWN,
     DockerBackend,
+    DockerState,
     aliases_for,
     container_name,
     container_resolver,
@@ -29,6 +30,7 @@ from agentverify.stack.docker import (
     nano_cpus,
     resource_kwargs,
 )
+from agentverify.stack.runstate import InstanceDirs
 from agentverify.stack.spec import StackSpec, build_stack_spec, render_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +45,11 @@ def spec() -> StackSpec:
 def _handle(backend: DockerBackend, spec: StackSpec, name: str, instance: str | None = None,
             generation: int = 1) -> Handle:
     instance = instance or name
-    h = Handle(spec=spec[name], instance=instance, generation=generation, backend=backend)
-    h.extra["alias"] = aliases_for(spec[name], instance, generation)[0]
-    return h
+    aliases = aliases_for(spec[name], instance, generation)
+    state = DockerState(dirs=InstanceDirs(Path("/b"), Path("/b/conf"), Path("/b/data")), peers={},
+                        log=Path("/b/log"), alias=aliases[0], aliases=aliases)
+    return Handle(spec=spec[name], instance=instance, generation=generation, backend=backend,
+                  state=state)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 from agentverify.config import SLOConfig
 from agentverify.errors import LoadTestError
 from agentverify.load.stats import (
-    SLO,
     ChildError,
     ChildInfo,
     LoadResult,
@@ -18,6 +17,7 @@ from agentverify.load.stats import (
     parse_line,
     slo_breaches,
 )
+from agentverify.seed import Objectives
 
 
 def _line(**data: object) -> str:
@@ -78,16 +78,16 @@ def test_a_result_without_answers_has_no_hit_ratio() -> None:
 
 
 def test_slo_breaches_name_the_figure_and_the_objective() -> None:
-    slo = SLO(p50_ms=30, p95_ms=250, p99_ms=2000, error_ratio=0.001, min_rps=60)
+    slo = Objectives(p50_ms=30, p95_ms=250, p99_ms=2000, error_ratio=0.001, min_rps=60)
     assert slo_breaches(_result(), slo) == [
         "p50_ms 40 > 30", "p95_ms 300 > 250", "error_ratio 0.005 > 0.001", "rps 50.0 < 60"]
     assert slo_breaches(_result(), slo, include_rps=False)[-1] == "error_ratio 0.005 > 0.001"
-    assert slo_breaches(_result(), SLO()) == []
+    assert slo_breaches(_result(), Objectives()) == []
 
 
 def test_slo_from_config_with_step_overrides() -> None:
-    slo = SLO.from_config(SLOConfig(p95_ms=1000, min_rps=20), p95_ms=1.0, p99_ms=None)
-    assert slo == SLO(p95_ms=1.0, min_rps=20)
+    slo = SLOConfig(p95_ms=1000, min_rps=20).merged({"p95_ms": 1.0, "p99_ms": None})
+    assert slo == Objectives(p95_ms=1.0, min_rps=20)
 
 
 @pytest.mark.parametrize(("t", "requests", "p95", "verdict"), [
@@ -98,12 +98,12 @@ def test_slo_from_config_with_step_overrides() -> None:
 ])
 def test_slo_abort_after_warm_up(t: float, requests: int, p95: float,
                                  verdict: str | None) -> None:
-    abort = SLOAbort(SLO(p95_ms=800, min_rps=1000), warmup_s=3.0, min_requests=50)
+    abort = SLOAbort(Objectives(p95_ms=800, min_rps=1000), warmup_s=3.0, min_requests=50)
     snap = Snapshot(t=t, users=5, requests=requests, failures=0, rps=1.0, p95_ms=p95)
     assert abort.check(snap) == verdict  # min_rps never aborts a running load
 
 
 def test_slo_abort_joins_every_breach() -> None:
-    abort = SLOAbort(SLO(p95_ms=100, error_ratio=0.01))
+    abort = SLOAbort(Objectives(p95_ms=100, error_ratio=0.01))
     snap = Snapshot(t=5, users=5, requests=100, failures=50, p95_ms=150)
     assert abort.check(snap) == "p95_ms 150 > 100; error_ratio 0.5 > 0.01"

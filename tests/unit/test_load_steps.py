@@ -7,11 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentverify.config import Config, CostConfig, load_config
+from agentverify.config import Config, load_config
 from agentverify.errors import ConfigError
 from agentverify.load.steps import LOAD_FACTS, LoadParams, cost_violations, plan_from_config
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.registry import STEPS
+from agentverify.seed import CostSection
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,11 +61,11 @@ def test_a_missing_prompt_file_is_one_config_error() -> None:
 
 
 def test_cost_objectives_from_the_config() -> None:
-    cfg = CostConfig(max_cost_per_request_usd=0.001, max_cost_per_1k_requests_usd=0.5)
+    cfg = CostSection(max_cost_per_request_usd=0.001, max_cost_per_1k_requests_usd=0.5)
     assert cost_violations(cfg, cost_usd=6.0, per_request=0.002, budget_usd=5.0) == [
         "cost $6.00 > budget $5.00", "cost per request $0.002 > $0.001",
         "cost per 1k requests $2.00 > $0.5"]
-    assert cost_violations(CostConfig(), cost_usd=6.0, per_request=None, budget_usd=None) == []
+    assert cost_violations(CostSection(), cost_usd=6.0, per_request=None, budget_usd=None) == []
 
 
 def test_params_reject_unknown_keys_and_bad_values() -> None:

@@ -36,11 +36,11 @@ from agentverify.reference_agent.service import build_messages
 from agentverify.reference_agent.settings import (
     AgentConfigError,
     AgentSettings,
-    CostSettings,
     ModelSettings,
     load_settings,
 )
 from agentverify.reference_agent.vectors import Passage, VectorStoreError
+from agentverify.seed import CostSection
 
 SEED_YAML = """
 environment: staging
@@ -374,7 +374,7 @@ def test_error_rate_examples() -> None:
 
 
 def test_cost_computation() -> None:
-    cost = CostSettings()
+    cost = CostSection()
     assert cost.cost_usd("gpt-4", 1000, 500) == pytest.approx(0.06)
     assert cost.cost_usd("text-embedding-3-small", 1_000_000) == pytest.approx(0.02)
     assert cost.cost_usd("unpriced-model", 10**6, 10**6) == 0.0

@@ -17,7 +17,7 @@ Example:
     >>> snap = parse_line('{"type": "snapshot", "t": 4.0, "users": 10, "requests": 400,'
     ...                   ' "failures": 0, "rps": 100.0, "p50_ms": 40, "p95_ms": 900,'
     ...                   ' "p99_ms": 1200}')
-    >>> slo_breaches(snap, SLO(p95_ms=800))
+    >>> slo_breaches(snap, Objectives(p95_ms=800))
     ['p95_ms 900 > 800']
 """
 
@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from agentverify.errors import LoadTestError
+from agentverify.seed import Objectives
 
 __all__ = [
-    "SLO",
     "ChildError",
     "ChildInfo",
     "LoadResult",
@@ -188,29 +188,11 @@ def parse_line(line: str) -> Snapshot | LoadResult | ChildInfo | ChildError:
     raise LoadTestError(f"load child wrote an unknown line type {kind!r}: {line[:200]!r}")
 
 
-@dataclass(frozen=True)
-class SLO:
-    """Objectives of a run; ``None`` means not gated (mirrors ``slo:`` in the config)."""
-
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    error_ratio: float | None = None
-    min_rps: float | None = None
-
-    @classmethod
-    def from_config(cls, slo: Any, **overrides: float | None) -> SLO:
-        """From :class:`~agentverify.config.SLOConfig`, with non-``None`` overrides."""
-        values = {f.name: getattr(slo, f.name, None) for f in fields(cls)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
 def _fmt(value: float) -> str:
     return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.3g}"
 
 
-def slo_breaches(figures: Snapshot | LoadResult, slo: SLO, *,
+def slo_breaches(figures: Snapshot | LoadResult, slo: Objectives, *,
                  include_rps: bool = True) -> list[str]:
     """Every objective ``figures`` break, as ``"p95_ms 1234 > 800"``.
 
@@ -241,13 +223,13 @@ class SLOAbort:
         min_requests: requests before any verdict (percentiles of 5 samples lie).
 
     Example:
-        >>> abort = SLOAbort(SLO(p95_ms=800), warmup_s=3, min_requests=50)
+        >>> abort = SLOAbort(Objectives(p95_ms=800), warmup_s=3, min_requests=50)
         >>> abort.check(Snapshot(t=2, users=5, requests=80, failures=0, p95_ms=5000))
         >>> abort.check(Snapshot(t=4, users=5, requests=80, failures=0, p95_ms=5000))
         'p95_ms 5000 > 800'
     """
 
-    slo: SLO
+    slo: Objectives
     warmup_s: float = 3.0
     min_requests: int = 50
 

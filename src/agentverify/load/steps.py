@@ -46,9 +46,10 @@ from agentverify.cost import (
 from agentverify.errors import ScenarioError
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
-from agentverify.load.stats import SLO, SLOAbort, slo_breaches
+from agentverify.load.stats import SLOAbort, slo_breaches
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import load_prompts
+from agentverify.seed import Objectives
 
 __all__ = ["LoadParams", "MetricReading", "plan_from_config", "read_metrics"]
 
@@ -58,16 +59,6 @@ COST_METRIC = "llm_cost_usd_total"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class SLOParams(StepParams):
-    """Per-step overrides of the environment's ``slo:`` objectives."""
-
-    p50_ms: float | None = Field(None, gt=0)
-    p95_ms: float | None = Field(None, gt=0)
-    p99_ms: float | None = Field(None, gt=0)
-    error_ratio: float | None = Field(None, ge=0, le=1)
-    min_rps: float | None = Field(None, ge=0)
 
 
 class LoadParams(StepParams):
@@ -85,7 +76,7 @@ class LoadParams(StepParams):
     locustfile: str | None = None
     budget_usd: float | None = Field(None, ge=0)
     abort_on_fail: bool | None = None
-    slo: SLOParams = Field(default_factory=SLOParams)
+    slo: Objectives = Field(default_factory=Objectives)
     warmup_s: float = Field(3.0, ge=0)
     warmup_requests: int = Field(50, ge=1)
     check_metrics: bool = True
@@ -228,7 +219,7 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
     prices = PriceTable.from_config(config.cost)
     budget_usd = params.budget_usd if params.budget_usd is not None else config.cost.budget_usd
     budget = Budget(budget_usd)
-    slo = SLO.from_config(config.slo, **params.slo.model_dump())
+    slo = config.slo.merged(params.slo)
     abort_on_fail = (params.abort_on_fail if params.abort_on_fail is not None
                      else config.slo.abort_on_fail)
     slo_abort = SLOAbort(slo, params.warmup_s, params.warmup_requests)

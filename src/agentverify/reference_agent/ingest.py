@@ -206,7 +206,7 @@ async def embed_rows(
         IngestError: The API failed after its retries.
     """
     model = settings.model
-    endpoint = LLMEndpoint("primary", model.model_name, model.base_url, model.api_key)
+    endpoint = LLMEndpoint("primary", model.model_name, settings.base_url, model.api_key)
     vectors: list[list[float]] = []
     async with httpx.AsyncClient() if http is None else _borrowed(http) as client:
         llm = LLMClient(client, RetryPolicy(retries=model.retry_count), timeout=model.timeout)

@@ -21,8 +21,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from agentverify.reference_agent.settings import RateLimitSettings
 from agentverify.reference_agent.shared import SharedSetting
+from agentverify.seed import RateLimitSection
 
 __all__ = [
     "BUCKET_PREFIX",
@@ -95,14 +95,14 @@ class RateDecision:
 
 
 def rate_limit_setting(
-    redis: Any, default: RateLimitSettings, ttl: float = 1.0
-) -> SharedSetting[RateLimitSettings]:
+    redis: Any, default: RateLimitSection, ttl: float = 1.0
+) -> SharedSetting[RateLimitSection]:
     """The fleet-wide rate-limit settings, stored as JSON under :data:`SETTINGS_KEY`."""
     return SharedSetting(
         redis,
         SETTINGS_KEY,
         default=default,
-        parse=RateLimitSettings.model_validate_json,
+        parse=RateLimitSection.model_validate_json,
         dump=lambda value: value.model_dump_json(),
         ttl=ttl,
     )
@@ -126,7 +126,7 @@ class RateLimiter:
         """Register the Lua script on the client; see the class docstring."""
         self._script = redis.register_script(TOKEN_BUCKET_LUA)
 
-    async def check(self, client_id: str, settings: RateLimitSettings) -> RateDecision:
+    async def check(self, client_id: str, settings: RateLimitSection) -> RateDecision:
         """Take one token from the client's bucket, or say how long to wait.
 
         Raises:

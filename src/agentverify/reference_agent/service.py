@@ -29,9 +29,10 @@ from agentverify.reference_agent.ratelimit import (
     RateLimitError,
     rate_limit_setting,
 )
-from agentverify.reference_agent.settings import AgentSettings, RateLimitSettings
+from agentverify.reference_agent.settings import AgentSettings
 from agentverify.reference_agent.shared import SharedSetting
 from agentverify.reference_agent.vectors import Passage, VectorStore, VectorStoreError
+from agentverify.seed import RateLimitSection
 
 __all__ = [
     "LLM_SETTING_KEY",
@@ -170,7 +171,7 @@ class AgentService:
                 base_url=self.settings.backup_base_url,
                 api_key=model.backup.api_key,
             )
-        return LLMEndpoint("primary", model.model_name, model.base_url, model.api_key)
+        return LLMEndpoint("primary", model.model_name, self.settings.base_url, model.api_key)
 
     async def llm_state(self) -> dict[str, str]:
         """Which API is in use, its model and base URL (never its key)."""
@@ -305,14 +306,14 @@ class AgentService:
 
     # ------------------------------------------------------------------ admin
 
-    async def update_rate_limit(self, update: RateLimitUpdate) -> RateLimitSettings:
+    async def update_rate_limit(self, update: RateLimitUpdate) -> RateLimitSection:
         """Merge ``update`` into the effective settings and store them for every replica.
 
         Raises:
             agentverify.reference_agent.shared.SharedSettingError: Redis refused.
         """
         current = await self.rate_limit.get()
-        merged = RateLimitSettings.model_validate(
+        merged = RateLimitSection.model_validate(
             {**current.model_dump(), **update.model_dump(exclude_none=True)}
         )
         await self.rate_limit.set(merged)

@@ -23,24 +23,25 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError
 
 from agentverify.errors import ConfigError
+from agentverify.seed import (
+    BackupModelSection,
+    ModelSection,
+    SeedConfig,
+    known_keys,
+)
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "AgentConfigError",
     "AgentSettings",
     "BackupModelSettings",
-    "CacheSettings",
-    "CostSettings",
     "ModelSettings",
-    "MonitoringSettings",
-    "Price",
-    "RateLimitSettings",
-    "VectorStoreSettings",
     "load_settings",
 ]
 
@@ -54,157 +55,48 @@ class AgentConfigError(ConfigError):
     """
 
 
-class _Section(BaseModel):
-    # The agent shares config.yaml with agentverify and other tools: ignore what we
-    # do not know instead of refusing to start.
-    model_config = ConfigDict(extra="ignore")
+class BackupModelSettings(BackupModelSection):
+    """The backup LLM API, with its key (from the variable ``api_key_env`` names)."""
 
-
-class BackupModelSettings(_Section):
-    """The backup LLM API that the API-error runbook switches to.
-
-    ``base_url`` empty means "the primary's base URL"; ``api_key`` is filled from the
-    variable named by ``api_key_env`` (never from the file).
-    """
-
-    provider: str = "openai"
-    model_name: str = "gpt-3.5-turbo"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_BACKUP_API_KEY"
     api_key: SecretStr | None = Field(default=None, exclude=True)
 
 
-class ModelSettings(_Section):
-    """The seed's ``model`` section: which LLM the agent calls and how.
+class ModelSettings(ModelSection):
+    """The seed's ``model`` section, with the key (only ever from the environment).
 
     Example:
         >>> ModelSettings(model_name="gpt-4", api_key="sk-123")  # doctest: +ELLIPSIS
         ModelSettings(provider='openai', model_name='gpt-4', ...api_key=SecretStr('**********')...)
     """
 
-    provider: str = "openai"
-    model_name: str = "gpt-4"
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=2000, ge=1)
-    retry_count: int = Field(default=3, ge=0, le=20)
-    timeout: float = Field(default=30.0, gt=0)
-    base_url: str = DEFAULT_BASE_URL
-    api_key_env: str = "OPENAI_API_KEY"
-    api_key: SecretStr | None = Field(default=None, exclude=True)
     backup: BackupModelSettings = Field(default_factory=BackupModelSettings)
+    api_key: SecretStr | None = Field(default=None, exclude=True)
 
 
-class VectorStoreSettings(_Section):
-    """Where the knowledge base lives (Milvus) and how much of it a question retrieves."""
-
-    type: str = "milvus"
-    host: str = "127.0.0.1"
-    port: int = Field(default=19530, ge=1, le=65535)
-    collection: str = "agent_knowledge"
-    dim: int = Field(default=64, ge=2, le=32768)
-    top_k: int = Field(default=3, ge=1, le=100)
-    timeout: float = Field(default=5.0, gt=0, description="Seconds for one Milvus call.")
-
-    @property
-    def uri(self) -> str:
-        """The gRPC URI pymilvus connects to."""
-        return f"http://{self.host}:{self.port}"
-
-
-class CacheSettings(_Section):
-    """The answer cache (Redis) and how long an answer stays in it."""
-
-    type: str = "redis"
-    url: str = "redis://127.0.0.1:6379/0"
-    ttl: int = Field(default=3600, ge=1)
-
-
-class MonitoringSettings(_Section):
-    """The seed's ``monitoring`` section; the agent itself only serves ``/metrics``."""
-
-    prometheus_port: int = 9090
-    grafana_port: int = 3000
-    alert_webhook: str | None = None
-    scrape_interval: str = "1s"
-    evaluation_interval: str = "1s"
-
-
-class RateLimitSettings(_Section):
-    """A token bucket per client: ``requests_per_second`` refill, ``burst`` capacity."""
-
-    enabled: bool = False
-    requests_per_second: float = Field(default=20.0, gt=0)
-    burst: int = Field(default=20, ge=1)
-
-
-class Price(_Section):
-    """USD per million tokens of one model."""
-
-    input_per_million: float = Field(default=0.0, ge=0)
-    output_per_million: float = Field(default=0.0, ge=0)
-
-
-def _default_prices() -> dict[str, Price]:
-    return {
-        "gpt-4": Price(input_per_million=30.0, output_per_million=60.0),
-        "text-embedding-3-small": Price(input_per_million=0.02, output_per_million=0.0),
-    }
-
-
-class CostSettings(_Section):
-    """Token prices (for ``llm_cost_usd_total``) and the embedding model's name."""
-
-    prices: dict[str, Price] = Field(default_factory=_default_prices)
-    budget_usd: float | None = None
-    max_cost_per_request_usd: float | None = None
-    max_cost_per_1k_requests_usd: float | None = None
-    embedding_model: str = "text-embedding-3-small"
-
-    def cost_usd(self, model: str, input_tokens: int, output_tokens: int = 0) -> float:
-        """Price of one call; a model without a price costs 0.
-
-        Example:
-            >>> CostSettings().cost_usd("gpt-4", 1_000_000, 500_000)
-            60.0
-        """
-        price = self.prices.get(model)
-        if price is None:
-            return 0.0
-        return (
-            input_tokens * price.input_per_million + output_tokens * price.output_per_million
-        ) / 1_000_000
-
-
-class AgentSettings(_Section):
-    """Everything one agent replica needs, resolved once at start-up.
+class AgentSettings(SeedConfig):
+    """Everything one agent replica needs, resolved once at start-up: the seed-format
+    file (one schema, :mod:`agentverify.seed`) plus what only an agent knows.
 
     The fault knobs (``fail_health``, ``error_rate``, ``latency_ms``) only come from the
     environment; rehearsals set them on one replica to prove the gates catch it.
     """
 
-    environment: str = "dev"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     model: ModelSettings = Field(default_factory=ModelSettings)
-    vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
-    cache: CacheSettings = Field(default_factory=CacheSettings)
-    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
-    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
-    cost: CostSettings = Field(default_factory=CostSettings)
     version: str = "v1"
     replica: str = "0"
     fail_health: bool = False
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     latency_ms: float = Field(default=0.0, ge=0.0)
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+    @property
+    def base_url(self) -> str:
+        """The primary API's base URL (the local stub's when the file names none)."""
+        return self.model.base_url or DEFAULT_BASE_URL
 
     @property
     def backup_base_url(self) -> str:
         """The backup API's base URL (the primary's when the backup names none)."""
-        return self.model.backup.base_url or self.model.base_url
+        return self.model.backup.base_url or self.base_url
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -356,6 +248,8 @@ def load_settings(
     if path is not None:
         source = str(path)
         data = _read_file(Path(path))
+    # the file is shared with other tools: what the schema does not know is not ours
+    data = known_keys(AgentSettings, data)
     origin = _apply_environment(data, env, source)
     try:
         return AgentSettings.model_validate(data)

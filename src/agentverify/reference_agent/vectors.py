@@ -8,7 +8,7 @@ imported only when a client is made: unit tests with a fake store never load grp
 
 Example:
     >>> store = MilvusVectorStore(
-    ...     VectorStoreSettings(collection="kb"), client_factory=lambda uri, timeout: None)
+    ...     VectorStoreSection(collection="kb"), client_factory=lambda uri, timeout: None)
     >>> store.collection
     'kb'
 """
@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
 
-from agentverify.reference_agent.settings import VectorStoreSettings
+from agentverify.seed import VectorStoreSection
 
 __all__ = [
     "OUTPUT_FIELDS",
@@ -94,7 +94,7 @@ class MilvusVectorStore:
 
     def __init__(
         self,
-        settings: VectorStoreSettings,
+        settings: VectorStoreSection,
         client_factory: ClientFactory = make_milvus_client,
     ) -> None:
         """Create the store without connecting; see the class docstring."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
-from agentverify.errors import DeployError, ScenarioError
+from agentverify.errors import ScenarioError
 from agentverify.scenarios.probe import Probe
 from agentverify.scenarios.registry import StepParams, step
 
@@ -118,37 +118,23 @@ def _bake(ctx: Any, version: str, replica: str, params: RolloutParams) -> str | 
 
 def do_rollout(ctx: Any, params: RolloutParams) -> dict[str, Any]:
     stack = ctx.stack
-    from_version = stack.current_version
-    facts: dict[str, Any] = {"from_version": from_version, "to_version": params.version,
-                             "rollout_completed": False, "rolled_back": False,
-                             "replicas_updated": 0, "rollout_failure": "",
+    rollout = stack.rolling_update(
+        params.version, health_timeout=params.health_timeout_s,
+        after_each=lambda new: _bake(ctx, params.version, new.instance, params))
+    facts: dict[str, Any] = {"from_version": rollout.from_version,
+                             "to_version": params.version,
+                             "rollout_completed": rollout.completed, "rolled_back": False,
+                             "replicas_updated": len(rollout.steps),
+                             "rollout_failure": rollout.failure or "",
+                             "rollout_seconds": round(rollout.seconds, 3),
                              "rollback_seconds": 0.0, "failed_after_rollback": 0}
-    t0 = time.monotonic()
-    failure: str | None = None
-    for replica in stack.replicas:
-        if replica.version == params.version:
-            continue
-        try:
-            new = stack.replace_replica(replica, params.version,
-                                        health_timeout=params.health_timeout_s)
-        except DeployError as exc:
-            failure = str(exc).splitlines()[0]
-            break
-        facts["replicas_updated"] += 1
-        ctx.say(f"  {new.instance} now on {params.version}")
-        failure = _bake(ctx, params.version, new.instance, params)
-        if failure:
-            break
-    facts["rollout_seconds"] = round(time.monotonic() - t0, 3)
-    if failure is None:
-        facts["rollout_completed"] = True
+    if rollout.completed:
         return facts
-    facts["rollout_failure"] = failure
-    ctx.say(f"  rollout stopped: {failure}")
-    if params.auto_rollback and any(v != from_version for v in stack.versions):
-        ctx.say(f"  rolling back to {from_version}")
+    ctx.say(f"  rollout stopped: {rollout.failure}")
+    if params.auto_rollback and any(v != rollout.from_version for v in stack.versions):
+        ctx.say(f"  rolling back to {rollout.from_version}")
         t1 = time.monotonic()
-        stack.rollback(from_version)
+        stack.rollback(rollout.from_version)
         facts["rollback_seconds"] = round(time.monotonic() - t1, 3)
         facts["rolled_back"] = True
         probe = _probe(ctx)
@@ -173,14 +159,13 @@ class RollbackParams(StepParams):
       facts=("rollback_seconds", "all_on_version", "rollback_replicas"))
 def rollback(ctx: Any, params: RollbackParams) -> dict[str, Any]:
     """Every replica back to the tagged ``version``, one at a time, under traffic."""
-    t0 = time.monotonic()
-    steps = ctx.stack.rollback(params.version)
+    rollout = ctx.stack.rollback(params.version)
     versions = ctx.stack.versions
-    ctx.say(f"  rolled back {len(steps)} replica(s) to {params.version} in "
-            f"{time.monotonic() - t0:.1f}s")
-    return {"rollback_seconds": round(time.monotonic() - t0, 3),
+    ctx.say(f"  rolled back {len(rollout.steps)} replica(s) to {params.version} in "
+            f"{rollout.seconds:.1f}s")
+    return {"rollback_seconds": round(rollout.seconds, 3),
             "all_on_version": all(v == params.version for v in versions),
-            "rollback_replicas": len(steps)}
+            "rollback_replicas": len(rollout.steps)}
 
 
 class ScaleParams(StepParams):

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentverify.errors import ConfigError, StackError
 from agentverify.stack.wait import ServiceStatus
 
 if TYPE_CHECKING:
-    from agentverify.stack.runstate import RunContext
+    from agentverify.stack.runstate import InstanceDirs, RunContext
     from agentverify.stack.spec import ServiceSpec
 
-__all__ = ["Backend", "BACKENDS", "CommandResult", "Handle", "get_backend",
-           "backend_names", "peer_lookup", "resolve_backend_name"]
+__all__ = ["Backend", "BACKENDS", "CommandResult", "Handle", "InstanceState", "Peer",
+           "get_backend", "backend_names", "peer_lookup", "register_backend",
+           "resolve_backend_name"]
 
 BACKENDS: dict[str, str] = {
     "local": "agentverify.stack.local.LocalBackend",
@@ -51,20 +52,34 @@ class CommandResult:
 
 
 @dataclass(eq=False)
+class InstanceState:
+    """What every backend keeps about an instance it started: where its files are, the
+    peers its placeholders were rendered against, and its log. Backends subclass it
+    (``LocalState``, ``DockerState``) for what only they know."""
+
+    dirs: InstanceDirs
+    peers: dict[str, Peer]
+    log: Path
+
+
+@dataclass(eq=False)
 class Handle:
     """One running instance of a service (a process or a container).
 
     Satisfies :class:`~agentverify.stack.wait.ServiceTarget`, so readiness checks,
-    probes and fault injectors work on every backend.
+    probes and fault injectors work on every backend. ``state`` is the backend's own
+    typed record of the instance (only that backend reads it).
     """
 
     spec: ServiceSpec
     instance: str
     generation: int
     backend: Backend
+    state: Any = None
     started_at: float = 0.0
     ready_at: float | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    #: seconds from start to ready (set by the Stack when the readiness check passed)
+    ready_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -95,11 +110,24 @@ class Handle:
         return f"<{type(self).__name__} {self.name} {self.spec.role} on {self.backend.name}>"
 
 
+class Peer(Protocol):
+    """What rendering another service's placeholders needs of a peer: how the other
+    services reach it. A :class:`Handle` is one; so is a route through the fault proxy."""
+
+    @property
+    def spec(self) -> ServiceSpec: ...
+
+    def address(self, port: str | None = None) -> tuple[str, int]: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """How services run. Implementations: ``LocalBackend``, ``DockerBackend``."""
 
     name: str
+
+    def pytest_id(self) -> str:
+        """The id test items carry for this backend (``rolling-update[docker]``)."""
 
     def open(self, run: RunContext) -> None:
         """Prepare per-run resources (directories, a network). Called once per run."""
@@ -107,11 +135,11 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release per-run resources. Idempotent."""
 
-    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
               generation: int = 1) -> Handle:
         """Start one instance; return at once (readiness is the caller's wait strategy)."""
 
-    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
                 timeout: float) -> CommandResult:
         """Run a one-shot job to completion."""
 
@@ -121,7 +149,7 @@ class Backend(Protocol):
     def kill(self, handle: Handle) -> None:
         """Immediate kill (SIGKILL). Idempotent."""
 
-    def restart(self, handle: Handle, *, peers: Mapping[str, Handle]) -> Handle:
+    def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         """Stop and start again with the same ports and data."""
 
     def status(self, handle: Handle) -> ServiceStatus: ...
@@ -143,12 +171,12 @@ class Backend(Protocol):
     def volume_path(self, handle: Handle) -> Path:
         """Host path of the instance's persistent data directory."""
 
-    @classmethod
-    def reap_stale(cls) -> list[str]:
-        """Remove what runs killed without teardown left behind; return descriptions."""
+    def reap_stale(self) -> list[str]:
+        """Remove what killed runs of this backend left behind that run records do not
+        cover (the Stack reaps recorded processes itself); return descriptions."""
 
 
-def peer_lookup(who: str, peers: Mapping[str, Handle]):
+def peer_lookup(who: str, peers: Mapping[str, Peer]):
     """``(service, port) -> (host, port, scheme)`` of a running peer as other services
     reach it: the ``lookup`` every backend gives :func:`~agentverify.stack.spec.make_resolver`."""
 
@@ -164,7 +192,15 @@ def peer_lookup(who: str, peers: Mapping[str, Handle]):
 
 
 def backend_names() -> list[str]:
+    """Every backend name the registry knows (``auto`` is not one: it picks one)."""
     return sorted(BACKENDS)
+
+
+def register_backend(name: str, path: str) -> None:
+    """Add a backend to the registry (``path``: ``"package.module.ClassName"``), so its
+    name is valid in config and on the command line; a plugin's
+    ``pytest_agentverify_make_backend`` may then construct it."""
+    BACKENDS[name] = path
 
 
 def resolve_backend_name(name: str) -> str:

@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,7 @@ from agentverify.errors import (
     ServiceStartError,
     StackError,
 )
-from agentverify.stack.backend import CommandResult, Handle, peer_lookup
+from agentverify.stack.backend import CommandResult, Handle, InstanceState, Peer, peer_lookup
 from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive, write_atomic
 from agentverify.stack.spec import ROLE_AGENT, Resolver, ServiceSpec, make_resolver, render_template
 from agentverify.stack.wait import ServiceStatus
@@ -71,6 +72,7 @@ __all__ = [
     "CONF_DIR",
     "DATA_DIR",
     "DockerBackend",
+    "DockerState",
     "aliases_for",
     "container_name",
     "container_resolver",
@@ -265,6 +267,25 @@ def _docker_errors(what: str, *, error: type[StackError] = StackError,
 # ------------------------------------------------------------------ the backend
 
 
+@dataclass(eq=False)
+class DockerState(InstanceState):
+    """What the docker backend keeps about an instance: its container and network names."""
+
+    name: str = ""
+    alias: str = ""
+    aliases: list[str] = field(default_factory=list)
+    image_id: str = ""
+    container_id: str = ""
+    host_ports: dict[str, int] = field(default_factory=dict)
+
+
+def _state(handle: Handle) -> DockerState:
+    state = handle.state
+    if not isinstance(state, DockerState):
+        raise StackError(f"{handle.name} was not started by the docker backend")
+    return state
+
+
 class DockerBackend:
     """Runs services as containers on a per-run bridge network.
 
@@ -348,8 +369,7 @@ class DockerBackend:
             client, self._client = self._client, None
         client.close()
 
-    @classmethod
-    def reap_stale(cls) -> list[str]:
+    def reap_stale(self) -> list[str]:
         """Remove containers and networks of runs whose owner process is gone.
 
         A run is judged only from the boot and pid namespace that made it (a pid means
@@ -449,10 +469,10 @@ class DockerBackend:
 
     # ----------------------------------------------------------------- helpers
 
-    def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
+    def _resolver(self, handle: Handle, peers: Mapping[str, Peer]) -> Resolver:
         return container_resolver(handle.spec, peer_lookup(handle.name, peers), who=handle.name)
 
-    def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
+    def _render(self, handle: Handle, peers: Mapping[str, Peer], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))
 
     def _container(self, handle: Handle) -> Any:
@@ -461,7 +481,7 @@ class DockerBackend:
 
         try:
             with _docker_errors(f"inspecting {handle.name}"):
-                return self.client.containers.get(str(handle.extra["name"]))
+                return self.client.containers.get(_state(handle).name)
         except StackError as exc:
             if isinstance(exc.__cause__, docker.errors.NotFound):
                 return None
@@ -480,23 +500,24 @@ class DockerBackend:
 
     # ----------------------------------------------------------------- services
 
-    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
               generation: int = 1, _host_ports: Mapping[str, int] | None = None,
               _keep_files: bool = False) -> Handle:
         run = self._require_run()
         if self._closed.is_set():
             raise ServiceStartError(f"{instance}: not started, the run is being torn down")
         image_id = self._ensure_image(spec)
-        handle = Handle(spec=spec, instance=instance, generation=generation, backend=self)
         name = container_name(run.run_id, instance, generation)
         aliases = aliases_for(spec, instance, generation)
         dirs = self._require_run().instance_dirs(instance, generation, spec.persistent)
-        handle.extra.update(name=name, alias=aliases[0], aliases=aliases, dirs=dirs,
-                            peers=dict(peers), log=dirs["base"] / "log", image_id=image_id)
+        state = DockerState(dirs=dirs, peers=dict(peers), log=dirs.base / "log", name=name,
+                            alias=aliases[0], aliases=aliases, image_id=image_id)
+        handle = Handle(spec=spec, instance=instance, generation=generation, backend=self,
+                        state=state)
         for relpath, content in spec.files.items():
-            if _keep_files and (dirs["conf"] / relpath).exists():
+            if _keep_files and (dirs.conf / relpath).exists():
                 continue  # a restart keeps what write_file() changed (e.g. the upstream)
-            write_atomic(dirs["conf"] / relpath, self._render(handle, peers, content))
+            write_atomic(dirs.conf / relpath, self._render(handle, peers, content))
         env = {k: self._render(handle, peers, v) for k, v in spec.env.items()}
         env.update({RUN_ID_ENV: run.run_id, "AGENTVERIFY_INSTANCE": handle.name,
                     "PYTHONUNBUFFERED": "1"})
@@ -509,11 +530,11 @@ class DockerBackend:
         self._remove_leftover(name)
         container_id = self._create_and_start(
             handle, argv, env=env, labels=labels, ports=ports, aliases=aliases,
-            volumes=[(dirs["conf"], CONF_DIR), (dirs["data"], DATA_DIR)],
+            volumes=[(dirs.conf, CONF_DIR), (dirs.data, DATA_DIR)],
             resources=resource_kwargs(spec))
-        handle.extra["id"] = container_id
+        state.container_id = container_id
         handle.started_at = time.monotonic()
-        handle.extra["host_ports"] = self._read_host_ports(handle)
+        state.host_ports = self._read_host_ports(handle)
         return handle
 
     def _create_and_start(self, handle: Handle, argv: list[str], *, env: dict[str, str],
@@ -526,8 +547,8 @@ class DockerBackend:
         from testcontainers.core.container import DockerContainer
 
         testcontainers_config.ryuk_disabled = True
-        name = str(handle.extra["name"])
-        tc = (DockerContainer(str(handle.extra["image_id"]), env=env)
+        name = _state(handle).name
+        tc = (DockerContainer(_state(handle).image_id, env=env)
               .with_name(name)
               .with_command(argv)
               .with_network(_NetworkRef(self.network_name))
@@ -569,7 +590,7 @@ class DockerBackend:
                     out[p.name] = int(binding["HostPort"])
         return out
 
-    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
                 timeout: float) -> CommandResult:
         handle = self.start(spec, instance, peers=peers)
         deadline = time.monotonic() + timeout
@@ -608,10 +629,8 @@ class DockerBackend:
 
     def _save_log(self, handle: Handle, container: Any) -> None:
         """Keep the container's output in the run directory (it goes with the container)."""
-        log = handle.extra.get("log")
-        if isinstance(log, Path):
-            with contextlib.suppress(Exception):
-                log.write_bytes(container.logs(tail=5000))
+        with contextlib.suppress(Exception):
+            _state(handle).log.write_bytes(container.logs(tail=5000))
 
     def kill(self, handle: Handle) -> None:
         """SIGKILL; the exited container stays (status and logs) until :meth:`stop`."""
@@ -628,14 +647,14 @@ class DockerBackend:
                 if exc.status_code not in (404, 409):  # gone / not running: already dead
                     raise
 
-    def restart(self, handle: Handle, *, peers: Mapping[str, Handle]) -> Handle:
+    def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         """Stop and start again, on the same host ports and data directory.
 
         The container is recreated rather than ``docker restart``-ed: docker gives a
         restarted container new random host ports (seen on 20.10). Its files stay as
         they are, with whatever :meth:`write_file` changed since the start.
         """
-        ports = dict(handle.extra.get("host_ports") or {})  # type: ignore[call-overload]
+        ports = dict(_state(handle).host_ports)
         self.stop(handle)
         return self.start(handle.spec, handle.instance, peers=peers,
                           generation=handle.generation, _host_ports=ports, _keep_files=True)
@@ -655,18 +674,14 @@ class DockerBackend:
     def logs(self, handle: Handle, tail: int = 50) -> str:
         container = self._container(handle)
         if container is None:  # removed: its output was saved by stop()
-            log = handle.extra.get("log")
-            if isinstance(log, Path) and log.exists():
-                from agentverify.stack.local import tail_file
+            from agentverify.stack.local import tail_file
 
-                return tail_file(log, tail)
-            return ""
+            return tail_file(_state(handle).log, tail)
         with _docker_errors(f"reading the log of {handle.name}"):
             return container.logs(tail=tail).decode("utf-8", "replace")
 
     def exec(self, handle: Handle, argv: list[str], *, timeout: float = 30.0) -> CommandResult:
-        peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
-        rendered = [self._render(handle, peers, a) for a in argv]
+        rendered = [self._render(handle, _state(handle).peers, a) for a in argv]
         container = self._container(handle)
         if container is None:
             return CommandResult(tuple(rendered), 125, f"{handle.name}: container is gone")
@@ -691,27 +706,27 @@ class DockerBackend:
                              (output or b"").decode("utf-8", "replace"))
 
     def endpoint(self, handle: Handle, port: str) -> tuple[str, int]:
-        ports: dict[str, int] = handle.extra.get("host_ports") or {}  # type: ignore[assignment]
+        st = _state(handle)
+        ports = st.host_ports
         if port not in ports:
             if port not in {p.name for p in handle.spec.ports}:
                 raise StackError(f"{handle.name} has no port {port!r} "
                                  f"(has {[p.name for p in handle.spec.ports]})")
-            ports = handle.extra["host_ports"] = self._read_host_ports(handle)
+            ports = st.host_ports = self._read_host_ports(handle)
             if port not in ports:
                 raise StackError(f"{handle.name}: port {port!r} is not published "
                                  f"(status: {self.status(handle)})")
         return BIND, ports[port]
 
     def address(self, handle: Handle, port: str) -> tuple[str, int]:
-        return str(handle.extra["alias"]), handle.spec.port(port).port
+        return _state(handle).alias, handle.spec.port(port).port
 
     def write_file(self, handle: Handle, relpath: str, content: str) -> None:
-        peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
-        dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
-        write_atomic(dirs["conf"] / relpath, self._render(handle, peers, content))
+        st = _state(handle)
+        write_atomic(st.dirs.conf / relpath, self._render(handle, st.peers, content))
 
     def volume_path(self, handle: Handle) -> Path:
-        return handle.extra["dirs"]["data"]  # type: ignore[index,return-value]
+        return _state(handle).dirs.data
 
 
 class _NetworkRef:

@@ -20,22 +20,22 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from agentverify.errors import BackendUnavailable, ServiceStartError, StackError
-from agentverify.stack.backend import CommandResult, Handle, peer_lookup
+from agentverify.stack.backend import CommandResult, Handle, InstanceState, Peer, peer_lookup
 from agentverify.stack.runstate import (
     RUN_ID_ENV,
     RunContext,
     kill_group,
-    reap_stale_runs,
     terminate_group,
     write_atomic,
 )
 from agentverify.stack.spec import Resolver, ServiceSpec, make_resolver, render_template
 from agentverify.stack.wait import ServiceStatus
 
-__all__ = ["LocalBackend", "free_port", "tail_file"]
+__all__ = ["LocalBackend", "LocalState", "free_port", "tail_file"]
 
 BIND = "127.0.0.1"
 
@@ -60,6 +60,21 @@ def tail_file(path: Path, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+@dataclass(eq=False)
+class LocalState(InstanceState):
+    """What the local backend keeps about an instance: its ports and its process."""
+
+    ports: dict[str, int] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def _state(handle: Handle) -> LocalState:
+    state = handle.state
+    if not isinstance(state, LocalState):
+        raise StackError(f"{handle.name} was not started by the local backend")
+    return state
+
+
 class LocalBackend:
     """Runs services as processes on 127.0.0.1."""
 
@@ -79,9 +94,10 @@ class LocalBackend:
     def close(self) -> None:
         """Nothing per-run to release: processes are stopped through their handles."""
 
-    @classmethod
-    def reap_stale(cls) -> list[str]:
-        return reap_stale_runs()
+    def reap_stale(self) -> list[str]:
+        """Nothing beyond the run records (which the Stack reaps): a process is ours only
+        through its record."""
+        return []
 
     def pytest_id(self) -> str:
         return self.name
@@ -110,33 +126,33 @@ class LocalBackend:
                     f"{spec.name} needs `{binary}`, which is not on PATH: "
                     f"install it with `apt-get install {package}`")
 
-    def _resolver(self, handle: Handle, peers: Mapping[str, Handle]) -> Resolver:
-        dirs: dict[str, Path] = handle.extra["dirs"]  # type: ignore[assignment]
-        return make_resolver(who=handle.name, ports=handle.extra["ports"],  # type: ignore[arg-type]
-                             bind=BIND, confdir=str(dirs["conf"]), datadir=str(dirs["data"]),
+    def _resolver(self, handle: Handle, peers: Mapping[str, Peer]) -> Resolver:
+        st = _state(handle)
+        return make_resolver(who=handle.name, ports=st.ports or {},
+                             bind=BIND, confdir=str(st.dirs.conf), datadir=str(st.dirs.data),
                              python=sys.executable, user=getpass.getuser(),
                              lookup=peer_lookup(handle.name, peers))
 
-    def _render(self, handle: Handle, peers: Mapping[str, Handle], text: str) -> str:
+    def _render(self, handle: Handle, peers: Mapping[str, Peer], text: str) -> str:
         return render_template(text, self._resolver(handle, peers))
 
     def _prepare(self, spec: ServiceSpec, instance: str, generation: int,
-                 peers: Mapping[str, Handle], ports: dict[str, int] | None = None) -> Handle:
+                 peers: Mapping[str, Peer], ports: dict[str, int] | None = None) -> Handle:
         self._check_binaries(spec)
-        handle = Handle(spec=spec, instance=instance, generation=generation, backend=self)
-        handle.extra["ports"] = ports or {p.name: self._alloc_port() for p in spec.ports}
         run = self._require_run()
-        handle.extra["dirs"] = run.instance_dirs(instance, generation, spec.persistent)
-        handle.extra["peers"] = dict(peers)
+        dirs = run.instance_dirs(instance, generation, spec.persistent)
+        state = LocalState(dirs=dirs, peers=dict(peers), log=dirs.base / "log",
+                           ports=ports or {p.name: self._alloc_port() for p in spec.ports})
+        handle = Handle(spec=spec, instance=instance, generation=generation, backend=self,
+                        state=state)
         if ports is not None:
             # a restart: keep the files as they are now (e.g. nginx's current upstream)
             return handle
         for relpath, content in spec.files.items():
-            write_atomic(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
-                        self._render(handle, peers, content))
+            write_atomic(dirs.conf / relpath, self._render(handle, peers, content))
         return handle
 
-    def _env(self, handle: Handle, peers: Mapping[str, Handle]) -> dict[str, str]:
+    def _env(self, handle: Handle, peers: Mapping[str, Peer]) -> dict[str, str]:
         run = self._require_run()
         env = dict(os.environ)
         env.update({k: self._render(handle, peers, v) for k, v in handle.spec.env.items()})
@@ -144,50 +160,48 @@ class LocalBackend:
                     "PYTHONUNBUFFERED": "1"})
         return env
 
-    def _argv(self, handle: Handle, peers: Mapping[str, Handle]) -> list[str]:
+    def _argv(self, handle: Handle, peers: Mapping[str, Peer]) -> list[str]:
         return [self._render(handle, peers, a) for a in handle.spec.command]
 
     # ----------------------------------------------------------------- services
 
-    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def start(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
               generation: int = 1, _ports: dict[str, int] | None = None) -> Handle:
         run = self._require_run()
         handle = self._prepare(spec, instance, generation, peers, _ports)
+        st = _state(handle)
         argv = self._argv(handle, peers)
-        log_path = handle.extra["dirs"]["base"] / "log"  # type: ignore[index]
-        handle.extra["log"] = log_path
-        with open(log_path, "ab") as log:
+        with open(st.log, "ab") as log:
             try:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=self._env(handle, peers), cwd=handle.extra["dirs"]["base"],
+                    env=self._env(handle, peers), cwd=st.dirs.base,
                     start_new_session=True, close_fds=True)
             except OSError as exc:
                 raise ServiceStartError(
                     f"{handle.name}: cannot run {argv[0]!r}: {exc.strerror}") from exc
-        handle.extra["proc"] = proc
+        st.proc = proc
         handle.started_at = time.monotonic()
         run.record_process(handle.key, proc.pid, proc.pid)
         return handle
 
-    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Handle],
+    def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
                 timeout: float) -> CommandResult:
         handle = self.start(spec, instance, peers=peers)
-        proc: subprocess.Popen = handle.extra["proc"]  # type: ignore[assignment]
+        st = _state(handle)
+        assert st.proc is not None
         try:
-            code = proc.wait(timeout=timeout)
+            code = st.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill(handle)
-            return CommandResult(tuple(spec.command), -1,
-                                 tail_file(handle.extra["log"], 50)  # type: ignore[arg-type]
+            return CommandResult(tuple(spec.command), -1, tail_file(st.log, 50)
                                  + f"\n[agentverify] job timed out after {timeout:.0f}s")
         finally:
             self._require_run().forget_process(handle.key)
-        return CommandResult(tuple(spec.command), code,
-                             tail_file(handle.extra["log"], 200))  # type: ignore[arg-type]
+        return CommandResult(tuple(spec.command), code, tail_file(st.log, 200))
 
     def stop(self, handle: Handle, grace: float | None = None) -> None:
-        proc: subprocess.Popen | None = handle.extra.get("proc")  # type: ignore[assignment]
+        proc = _state(handle).proc
         if proc is None:
             return
         grace = handle.spec.stop_grace if grace is None else grace
@@ -212,30 +226,28 @@ class LocalBackend:
     def kill(self, handle: Handle) -> None:
         self.stop(handle, grace=0)
 
-    def restart(self, handle: Handle, *, peers: Mapping[str, Handle]) -> Handle:
+    def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         self.stop(handle)
         return self.start(handle.spec, handle.instance, peers=peers,
-                          generation=handle.generation,
-                          _ports=dict(handle.extra["ports"]))  # type: ignore[arg-type]
+                          generation=handle.generation, _ports=dict(_state(handle).ports or {}))
 
     def status(self, handle: Handle) -> ServiceStatus:
-        proc: subprocess.Popen | None = handle.extra.get("proc")  # type: ignore[assignment]
+        proc = _state(handle).proc
         if proc is None:
             return ServiceStatus(False, None, "never started")
         code = proc.poll()
         return ServiceStatus(code is None, code)
 
     def logs(self, handle: Handle, tail: int = 50) -> str:
-        log = handle.extra.get("log")
-        return tail_file(log, tail) if isinstance(log, Path) else ""
+        return tail_file(_state(handle).log, tail)
 
     def exec(self, handle: Handle, argv: list[str], *, timeout: float = 30.0) -> CommandResult:
-        peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
-        rendered = [self._render(handle, peers, a) for a in argv]
+        st = _state(handle)
+        rendered = [self._render(handle, st.peers, a) for a in argv]
         try:
             res = subprocess.run(rendered, stdin=subprocess.DEVNULL, capture_output=True,
-                                 text=True, timeout=timeout, env=self._env(handle, peers),
-                                 cwd=handle.extra["dirs"]["base"])  # type: ignore[index]
+                                 text=True, timeout=timeout, env=self._env(handle, st.peers),
+                                 cwd=st.dirs.base)
         except subprocess.TimeoutExpired:
             return CommandResult(tuple(rendered), -1, f"timed out after {timeout}s")
         except OSError as exc:
@@ -243,7 +255,7 @@ class LocalBackend:
         return CommandResult(tuple(rendered), res.returncode, res.stdout + res.stderr)
 
     def endpoint(self, handle: Handle, port: str) -> tuple[str, int]:
-        ports: dict[str, int] = handle.extra["ports"]  # type: ignore[assignment]
+        ports = _state(handle).ports or {}
         if port not in ports:
             raise StackError(f"{handle.name} has no port {port!r} (has {sorted(ports)})")
         return BIND, ports[port]
@@ -252,9 +264,8 @@ class LocalBackend:
         return self.endpoint(handle, port)
 
     def write_file(self, handle: Handle, relpath: str, content: str) -> None:
-        peers: Mapping[str, Handle] = handle.extra.get("peers", {})  # type: ignore[assignment]
-        write_atomic(handle.extra["dirs"]["conf"] / relpath,  # type: ignore[index]
-                    self._render(handle, peers, content))
+        st = _state(handle)
+        write_atomic(st.dirs.conf / relpath, self._render(handle, st.peers, content))
 
     def volume_path(self, handle: Handle) -> Path:
-        return handle.extra["dirs"]["data"]  # type: ignore[return-value]
+        return _state(handle).dirs.data

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunContext", "belongs_to_run", "default_state_dir", "kill_group",
+__all__ = ["InstanceDirs", "RunContext", "belongs_to_run", "default_state_dir", "kill_group",
            "owner_alive", "process_alive", "reap_stale_runs", "terminate_group",
            "write_atomic", "RUN_ID_ENV"]
 
@@ -148,6 +148,18 @@ def kill_group(pgid: int, run_id: str, run_dir: Path | str,
     return True
 
 
+@dataclass(frozen=True)
+class InstanceDirs:
+    """The directories of one instance in the run directory."""
+
+    #: the instance's own directory (its log)
+    base: Path
+    #: rendered configuration files (mounted at /agentverify/conf in a container)
+    conf: Path
+    #: persistent data (survives a restart or a new generation when the spec says so)
+    data: Path
+
+
 @dataclass
 class RunContext:
     """One run: its id, directory and the record of what it started."""
@@ -178,15 +190,15 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def instance_dirs(self, instance: str, generation: int, persistent: bool) -> dict[str, Path]:
-        """``base`` (log), ``conf`` (rendered files) and ``data`` of one instance.
+    def instance_dirs(self, instance: str, generation: int, persistent: bool) -> InstanceDirs:
+        """The log, rendered files and data directories of one instance.
 
         Persistent data survives a restart or a new generation of the same instance.
         """
         base = self.service_dir(f"{instance}.g{generation}")
         data = self.service_dir(instance) / "data" if persistent else base / "data"
-        dirs = {"base": base, "conf": base / "conf", "data": data}
-        for d in dirs.values():
+        dirs = InstanceDirs(base=base, conf=base / "conf", data=data)
+        for d in (dirs.base, dirs.conf, dirs.data):
             d.mkdir(parents=True, exist_ok=True)
         return dirs
 

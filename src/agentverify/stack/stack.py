@@ -20,7 +20,7 @@ import concurrent.futures as cf
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from agentverify.stack.spec import (
 )
 from agentverify.traffic import upstream_conf, wait_for_generation
 
-__all__ = ["Stack", "Replica", "ProgressEvent", "StepTiming"]
+__all__ = ["Stack", "Replica", "ProgressEvent", "Rollout", "StepTiming", "reap_leftovers"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,21 @@ class StepTiming:
     healthy_s: float
     switched_s: float
     stopped_s: float
+
+
+@dataclass
+class Rollout:
+    """What one rolling update did: the replicas it replaced, and why it stopped early."""
+
+    version: str
+    from_version: str
+    steps: list[StepTiming] = field(default_factory=list)
+    failure: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> bool:
+        return self.failure is None
 
 
 @dataclass
@@ -236,8 +251,7 @@ class Stack:
         """Start every service, dependencies first, in parallel where the graph allows."""
         if self._is_up:
             return self
-        reaped = reap_stale_runs(self.state_dir)
-        reaped += type(self.backend).reap_stale() if self.backend.name != "local" else []
+        reaped = reap_leftovers([self.backend], self.state_dir)
         for item in reaped:
             self.progress(ProgressEvent(item, "info", detail="reaped leftover of a killed run"))
         self.run = RunContext.create(self.backend.name, env_name=self.spec.env_name,
@@ -332,7 +346,7 @@ class Stack:
                                             str(exc).splitlines()[0]))
             raise type(exc)(self.redactor(str(exc))) from None
         handle.ready_at = time.monotonic()
-        handle.extra["ready_seconds"] = handle.ready_at - t0
+        handle.ready_seconds = handle.ready_at - t0
         self.progress(ProgressEvent(instance, "ready", handle.ready_at - t0))
         return handle
 
@@ -428,10 +442,6 @@ class Stack:
         self.progress(ProgressEvent(handle.name, "stopped"))
 
     # ------------------------------------------------------------------ routing
-
-    def switch_traffic(self) -> float:
-        """Point the load balancer at the current replicas; seconds until it serves them."""
-        return self._sync_routing()
 
     def _sync_routing(self, serving: list[Replica] | None = None) -> float:
         with self._lock:
@@ -577,22 +587,46 @@ class Stack:
             list(pool.map(lambda r: (self.backend.stop(r.handle), self._forget(r.handle)), old))
         return switched
 
-    def rolling_update(self, version: str) -> list[StepTiming]:
+    def rolling_update(self, version: str, *, health_timeout: float | None = None,
+                       after_each: Callable[[Replica], str | None] | None = None) -> Rollout:
         """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
 
-        Raises:
-            DeployError: a new replica did not become healthy. Replicas already moved
-                stay on ``version``; the caller decides to roll back.
+        The one rollout loop of agentverify: rollbacks and the ``rolling_update`` step use
+        it too. After each replaced replica ``after_each(new)`` may return a reason to stop
+        (e.g. it answered errors while baking). A replica that does not become healthy
+        also stops the rollout; either way replicas already moved stay on ``version`` and
+        the caller decides to roll back.
         """
-        return [self.replace_replica(r, version).replaced  # type: ignore[misc]
-                for r in self.replicas if r.version != version]
+        rollout = Rollout(version=version, from_version=self.current_version)
+        t0 = time.monotonic()
+        for replica in self.replicas:
+            if replica.version == version:
+                continue
+            try:
+                new = self.replace_replica(replica, version, health_timeout=health_timeout)
+            except DeployError as exc:
+                rollout.failure = str(exc).splitlines()[0]
+                break
+            assert new.replaced is not None
+            rollout.steps.append(new.replaced)
+            self.progress(ProgressEvent(new.instance, "info", detail=f"now on {version}"))
+            reason = after_each(new) if after_each is not None else None
+            if reason:
+                rollout.failure = reason
+                break
+        rollout.seconds = time.monotonic() - t0
+        return rollout
 
-    def rollback(self, version: str) -> list[StepTiming]:
-        """Bring every replica back to ``version``, one at a time."""
-        try:
-            return self.rolling_update(version)
-        except DeployError as exc:
-            raise RollbackError(f"rollback to {version} failed: {exc}") from exc
+    def rollback(self, version: str) -> Rollout:
+        """Bring every replica back to ``version``, one at a time.
+
+        Raises:
+            RollbackError: a replica at ``version`` did not become healthy.
+        """
+        rollout = self.rolling_update(version)
+        if rollout.failure:
+            raise RollbackError(f"rollback to {version} failed: {rollout.failure}")
+        return rollout
 
     def scale(self, replicas: int, *, version: str | None = None) -> float:
         """Scale the agent to ``replicas`` instances; returns seconds taken."""
@@ -635,11 +669,22 @@ class Stack:
 
     def timings(self) -> dict[str, float]:
         """Instance -> seconds from start to ready, for every instance that got ready."""
-        out = {h.name: float(h.extra["ready_seconds"])  # type: ignore[arg-type]
-               for h in self.instances() if "ready_seconds" in h.extra}
+        out = {h.name: h.ready_seconds for h in self.instances() if h.ready_seconds is not None}
         with self._lock:
             out.update(self._job_seconds)
         return out
+
+
+def reap_leftovers(backends: Iterable[Backend], state_dir: Path | None = None) -> list[str]:
+    """Remove what runs killed without teardown left behind; return descriptions.
+
+    Recorded processes (any backend's services, load generators) are reaped from the run
+    records; then each backend removes what only it can find (containers by label).
+    """
+    reaped = reap_stale_runs(state_dir)
+    for backend in backends:
+        reaped += backend.reap_stale()
+    return reaped
 
 
 class _Skipped(StackError):
