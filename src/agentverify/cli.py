@@ -12,6 +12,7 @@ Exit codes: 0 success, 1 a gate failed, 2 bad input (config, scenario, arguments
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -21,20 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from agentverify.errors import AgentVerifyError, UsageError
+from agentverify.options import add_cli_options, as_pytest_args, cli_values
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STACK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", help="environment overlay to use (default: from config)")
-    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
-    p.add_argument("--backend", choices=["auto", "local", "docker"],
-                   help="where services run (default: stack.backend, auto)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set stack.replicas=5")
-    p.add_argument("--report-dir", default="reports", help="reports directory (default: reports)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,14 +38,13 @@ def _parser() -> argparse.ArgumentParser:
                     "AI-agent stack, and gate on the measured figures.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring up the stack and hold it until Ctrl-C")
-    _common(up)
+    add_cli_options(up, "up")
     run = sub.add_parser("run", help="run scenarios (default: ./scenarios) and write reports")
-    _common(run)
+    add_cli_options(run, "run")
     run.add_argument("paths", nargs="*", help="scenario files or directories")
     run.add_argument("-k", dest="keyword", help="only scenarios matching this expression")
-    run.add_argument("--load-workers", type=int, help="Locust worker processes for load steps")
     cfg = sub.add_parser("config", help="validate the config and print the resolved values")
-    _common(cfg)
+    add_cli_options(cfg, "config")
     sub.add_parser("reap", help="stop processes/containers left by killed runs")
     from agentverify.stack.compose import add_compose_cli
     from agentverify.stack.images import add_images_cli
@@ -61,18 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
-    from agentverify.config import parse_override
-
-    return dict(parse_override(i) for i in items)
-
-
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
     from agentverify.session import AgentVerifySession
 
-    return AgentVerifySession(env=args.env, config_path=args.config, backend=args.backend,
-                              overrides=_overrides(args.set), report_dir=args.report_dir,
-                              **kwargs)
+    return AgentVerifySession.from_options(cli_values(args, os.environ), environ=os.environ,
+                                           **kwargs)
 
 
 # ------------------------------------------------------------------------------ up
@@ -149,7 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         with progress:
             stack.up()
-        path = stack.write_stack_json(Path(args.report_dir) / "stack.json")
+        path = stack.write_stack_json(session.report_dir / "stack.json")
         table = Table(title=f"agentverify stack: {session.env} on {session.backend_name} "
                             f"(up in {stack.up_seconds:.1f}s)")
         table.add_column("service")
@@ -195,19 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{p}: no such scenario file or directory")
     # pytest runs in a child process: a clean interpreter for assertion rewriting, and the
     # gate is not bent by the host project's own test settings (addopts, warning filters)
+    # the same options, passed on as given: the child resolves them (and `auto`) itself
+    values = cli_values(args, os.environ)
     argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider", "-p", "no:locust",
             "-o", "addopts=", "-o", "filterwarnings=default", "-rfE",
             f"--agentverify-env={session.env}",
-            f"--agentverify-backend={session.backend_name}",
-            f"--agentverify-report-dir={Path(args.report_dir).resolve()}"]
-    if args.config:
-        argv.append(f"--agentverify-config={args.config}")
-    for item in args.set:
-        argv.append(f"--agentverify-set={item}")
+            *as_pytest_args(values, ("config", "backend", "set", "load_workers")),
+            f"--agentverify-report-dir={session.report_dir.resolve()}"]
     if args.keyword:
         argv += ["-k", args.keyword]
-    if args.load_workers is not None:
-        argv.append(f"--agentverify-load-workers={args.load_workers}")
     proc = subprocess.Popen(argv)
     try:
         code = proc.wait()

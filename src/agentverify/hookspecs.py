@@ -12,7 +12,17 @@ import pytest
 
 @pytest.hookspec(firstresult=True)
 def pytest_agentverify_make_backend(name: str, config: Any) -> Any:
-    """Return a Backend for ``name`` to use instead of the built-in one, or None."""
+    """Return the Backend to run a stack on for backend ``name`` (resolved, never
+    ``auto``) and the resolved :class:`~agentverify.config.Config`, or None to leave it to
+    the next implementation. The default implementation is the backend registry
+    (:func:`agentverify.stack.backend.get_backend`); it runs last."""
+
+
+@pytest.hookspec
+def pytest_agentverify_add_steps(registry: Any) -> None:
+    """Add step types to ``registry`` (a :class:`~agentverify.scenarios.registry.StepRegistry`,
+    already holding agentverify's steps and the ``agentverify.steps`` entry points), e.g.
+    ``registry.add(StepType(...))`` or import a module of ``@step`` functions."""
 
 
 @pytest.hookspec

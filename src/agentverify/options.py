@@ -64,6 +64,11 @@ class Option:
     def cli_flag(self) -> str:
         return f"--{self.name}"
 
+    def shown_metavar(self) -> str | None:
+        if self.choices is not None:
+            return "{" + ",".join(self.choices()) + "}"
+        return self.metavar
+
     def describe(self) -> str:
         extra = f" (env {self.env})" if self.env else ""
         return self.help + extra
@@ -79,10 +84,10 @@ OPTIONS: tuple[Option, ...] = (
            choices=_backend_choices),
     Option("report-dir", "directory for results.json / results.html / stack.json",
            default="reports", env="AGENTVERIFY_REPORT_DIR", commands=("up", "run", "config")),
-    Option("set", "override a config key, e.g. stack.replicas=5 (repeatable)", kind="list",
-           metavar="KEY=VALUE", default=()),
     Option("load-workers", "Locust worker processes for load steps (0: in one process)",
            kind="int", commands=("run",)),
+    Option("set", "override a config key, e.g. stack.replicas=5 (repeatable)", kind="list",
+           metavar="KEY=VALUE", default=()),
 )
 
 
@@ -119,9 +124,7 @@ def _convert(option: Option, value: Any, source: str) -> Any:
         if isinstance(value, str):
             return tuple(line.strip() for line in value.splitlines() if line.strip())
         return tuple(str(v) for v in value)
-    if option.choices is not None and value not in option.choices():
-        raise UsageError(f"{source}: expected one of {', '.join(option.choices())}, "
-                         f"got {value!r}")
+    # choices are shown in the help; the config validates them (one message, one place)
     return str(value)
 
 
@@ -165,7 +168,7 @@ def add_pytest_options(parser: Any) -> None:
     """Register every option with pytest: ``--agentverify-NAME`` and ini ``agentverify_NAME``."""
     group = parser.getgroup("agentverify", "agentverify: production-readiness rehearsals")
     for opt in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": f"agentverify_{opt.dest}", "metavar": opt.metavar,
+        kwargs: dict[str, Any] = {"dest": f"agentverify_{opt.dest}", "metavar": opt.shown_metavar(),
                                   "help": f"{opt.describe()} (ini: {opt.ini})"}
         if opt.kind == "list":
             kwargs.update(action="append", default=[])
@@ -189,7 +192,7 @@ def add_cli_options(parser: argparse.ArgumentParser, command: str) -> None:
     for opt in OPTIONS:
         if command not in opt.commands:
             continue
-        kwargs: dict[str, Any] = {"dest": opt.dest, "metavar": opt.metavar,
+        kwargs: dict[str, Any] = {"dest": opt.dest, "metavar": opt.shown_metavar(),
                                   "help": opt.describe()}
         if opt.kind == "list":
             kwargs.update(action="append", default=[])

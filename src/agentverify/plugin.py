@@ -2,18 +2,9 @@
 
 Only wiring lives here; the work is in :mod:`agentverify.session` and below.
 
-Options (each mirrored by an ini key; precedence: command line > ini > default):
-
-==============================  ====================  =====================================
-command line                    ini                   meaning
-==============================  ====================  =====================================
-``--agentverify-env``           ``agentverify_env``   environment overlay (dev/staging/...)
-``--agentverify-config``        ``agentverify_config`` config file (default ./agentverify.yaml)
-``--agentverify-backend``       ``agentverify_backend`` auto | local | docker
-``--agentverify-report-dir``    ``agentverify_report_dir`` where reports go (default reports)
-``--agentverify-set K=V``       ``agentverify_set``   override any config key (repeatable)
-``--agentverify-load-workers``  ``agentverify_load_workers`` Locust worker processes
-==============================  ====================  =====================================
+Options: one table (:mod:`agentverify.options`) feeds this plugin and the CLI. Each
+``--agentverify-NAME`` is mirrored by the ini key ``agentverify_NAME`` and, for some, an
+``AGENTVERIFY_*`` variable; precedence: command line > ini > variable > default.
 
 Scenario files: every ``*.yaml`` / ``*.yml`` in a directory named ``scenarios`` is
 collected; each scenario in it is one test item.
@@ -22,6 +13,7 @@ collected; each scenario in it is one test item.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,30 +24,12 @@ from agentverify.errors import AgentVerifyError, ScenarioSchemaError, UsageError
 from agentverify.gates import format_value
 
 SESSION_KEY = pytest.StashKey["AgentVerifySession | None"]()
-ERROR_KEY = pytest.StashKey["str | None"]()
-
-_OPTIONS = {
-    # dest: (flag, help, default)
-    "agentverify_env": ("--agentverify-env", "environment to verify (dev, staging, production...)", None),
-    "agentverify_config": ("--agentverify-config", "agentverify config file", None),
-    "agentverify_backend": ("--agentverify-backend", "auto | local | docker", None),
-    "agentverify_report_dir": ("--agentverify-report-dir", "directory for results.json/html", "reports"),
-    "agentverify_load_workers": ("--agentverify-load-workers",
-                                 "Locust worker processes for load steps (0: in one process)", None),
-}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("agentverify", "agentverify: production-readiness rehearsals")
-    for dest, (flag, help_text, default) in _OPTIONS.items():
-        choices = ["auto", "local", "docker"] if dest == "agentverify_backend" else None
-        group.addoption(flag, dest=dest, default=None, choices=choices,
-                        help=f"{help_text} (ini: {dest})")
-        parser.addini(dest, help=help_text, default=default)
-    group.addoption("--agentverify-set", dest="agentverify_set", action="append", default=[],
-                    metavar="KEY=VALUE", help="override a config key, e.g. stack.replicas=5")
-    parser.addini("agentverify_set", help="config overrides KEY=VALUE", type="linelist",
-                  default=[])
+    from agentverify.options import add_pytest_options
+
+    add_pytest_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,19 +38,19 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def get_option(config: pytest.Config, dest: str) -> Any:
-    """Command line > ini > default (the one resolver for every option)."""
-    value = config.getoption(dest, default=None)
-    if value not in (None, [], ""):
-        return value
-    ini = config.getini(dest)
-    return ini if ini not in (None, [], "") else None
+@pytest.hookimpl(trylast=True)
+def pytest_agentverify_make_backend(name: str, config: Any) -> Any:
+    """The default: the backend registry (another plugin's implementation runs first)."""
+    from agentverify.session import registry_backend
+
+    return registry_backend(name, config)
 
 
 def _wants_agentverify(config: pytest.Config) -> bool:
-    """Resolve config eagerly only when this run asks for agentverify."""
-    if any(get_option(config, d) for d in ("agentverify_env", "agentverify_config",
-                                           "agentverify_backend")):
+    """Make the session eagerly only when this run asks for agentverify. Making it loads
+    and validates the config; it never asks the Docker engine anything (``auto`` is
+    resolved when the first stack is made)."""
+    if any(config.getoption(f"agentverify_{d}", default=None) for d in ("env", "config", "backend")):
         return True
     return (Path(str(config.rootpath)) / "agentverify.yaml").is_file()
 
@@ -84,18 +58,19 @@ def _wants_agentverify(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "agentverify_scenario: a YAML scenario of agentverify")
     config.stash[SESSION_KEY] = None
-    config.stash[ERROR_KEY] = None
     if _wants_agentverify(config):
         _session(config)
 
 
 def _session(config: pytest.Config) -> Any:
-    from agentverify.config import parse_override
+    from agentverify.options import pytest_values
+    from agentverify.scenarios.registry import default_registry
     from agentverify.session import AgentVerifySession
 
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         return session
+
     def say(line: str) -> None:
         # looked up per call: the reporter registers after this plugin's pytest_configure
         tr = config.pluginmanager.get_plugin("terminalreporter")
@@ -109,22 +84,13 @@ def _session(config: pytest.Config) -> Any:
             tr.write_line(f"agentverify: {line}")
 
     try:
-        overrides = dict(parse_override(item) for item in
-                         [*config.getini("agentverify_set"),
-                          *(config.getoption("agentverify_set") or [])])
-        workers = get_option(config, "agentverify_load_workers")
-        if workers is not None:
-            overrides["load.workers"] = workers
-        root = Path(str(config.rootpath))
-        path = get_option(config, "agentverify_config")
-        if path is None and (root / "agentverify.yaml").is_file():
-            path = str(root / "agentverify.yaml")
-        session = AgentVerifySession(
-            env=get_option(config, "agentverify_env"), config_path=path,
-            backend=get_option(config, "agentverify_backend"), overrides=overrides,
-            report_dir=root / get_option(config, "agentverify_report_dir")
-            if get_option(config, "agentverify_report_dir") else root / "reports",
-            say=say, override_source="pytest options")
+        registry = default_registry()
+        config.hook.pytest_agentverify_add_steps(registry=registry)
+        session = AgentVerifySession.from_options(
+            pytest_values(config, os.environ), root=Path(str(config.rootpath)),
+            environ=os.environ, say=say, override_source="pytest options",
+            make_backend=lambda name, cfg: config.hook.pytest_agentverify_make_backend(
+                name=name, config=cfg))
     except UsageError as exc:
         raise pytest.UsageError(f"agentverify: {exc}") from None
     session.on_stack_ready = lambda stack: config.hook.pytest_agentverify_stack_ready(stack=stack)
@@ -233,7 +199,7 @@ class ScenarioFile(pytest.File):
             return
         av = _session(self.config)
         for spec in specs:
-            item = ScenarioItem.from_parent(self, name=f"{spec.name}[{av.backend_name}]",
+            item = ScenarioItem.from_parent(self, name=f"{spec.name}[{av.pytest_id}]",
                                             spec=spec)
             item.add_marker(pytest.mark.agentverify_scenario)
             if not spec.applies_to(av.env):

@@ -14,13 +14,22 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from agentverify.config import Config, load_config
+from agentverify.config import Config, load_config, with_overrides
 from agentverify.errors import AgentVerifyError, StackError
+from agentverify.options import OptionValues
 from agentverify.report.journal import RunJournal, ScenarioResult
 from agentverify.secrets import Redactor
-from agentverify.stack.backend import resolve_backend_name
+from agentverify.stack.backend import Backend, get_backend, resolve_backend_name
 from agentverify.stack.runstate import default_state_dir
 from agentverify.stack.stack import ProgressEvent, Stack
+
+#: ``(backend name, config) -> Backend``: the registry, or the pytest hook around it
+BackendFactory = Callable[[str, Config], Backend]
+
+
+def registry_backend(name: str, config: Config) -> Backend:
+    """The default :data:`BackendFactory`: the backend registry."""
+    return get_backend(name, config=config)
 
 __all__ = ["AgentVerifySession", "describe_event"]
 
@@ -49,29 +58,74 @@ class AgentVerifySession:
         overrides: dotted keys from the command line (``{"stack.replicas": 5}``).
         report_dir: where results.json, results.html and stack.json go.
         say: prints one progress line.
+        environ: the process environment (``AGENTVERIFY_*``, API keys); default os.environ.
+        make_backend: how a backend is made from its name (default: the registry; the
+            pytest plugin passes its ``pytest_agentverify_make_backend`` hook).
     """
 
     def __init__(self, *, env: str | None = None, config_path: str | None = None,
                  backend: str | None = None, overrides: Mapping[str, Any] | None = None,
                  report_dir: str | Path = "reports", say: Callable[[str], None] = print,
                  environ: Mapping[str, str] | None = None,
-                 override_source: str = "command line") -> None:
+                 override_source: str = "command line",
+                 make_backend: BackendFactory | None = None) -> None:
         overrides = dict(overrides or {})
         if backend:
             overrides["stack.backend"] = backend
         self.config: Config = load_config(config_path, env, overrides=overrides,
                                           environ=environ, override_source=override_source)
         self.env = self.config.environment
-        self.backend_name = resolve_backend_name(self.config.stack.backend)
         self.report_dir = Path(report_dir)
         self.say = say
         self.environ = environ
-        self.journal = RunJournal(env=self.env, backend=self.backend_name)
+        self.make_backend = make_backend or registry_backend
+        self._backend_name: str | None = None
+        self._pytest_id: str | None = None
+        self.journal = RunJournal(env=self.env, backend=self.config.stack.backend)
         self.redactor = Redactor()
         self._stack: Stack | None = None
         self._stack_error: BaseException | None = None
         self._lock = threading.Lock()
         self.on_stack_ready: Callable[[Stack], None] | None = None
+
+    @classmethod
+    def from_options(cls, values: OptionValues, *, root: Path | None = None,
+                     environ: Mapping[str, str] | None = None,
+                     say: Callable[[str], None] = print,
+                     make_backend: BackendFactory | None = None,
+                     override_source: str = "command line") -> AgentVerifySession:
+        """A session from resolved :mod:`~agentverify.options` (plugin and CLI alike).
+
+        Relative paths are read from ``root`` (pytest's rootdir; the CLI's working
+        directory); ``root/agentverify.yaml`` is the config when none is named.
+        """
+        root = root or Path.cwd()
+        config_path = values.config
+        if config_path is None and (root / "agentverify.yaml").is_file():
+            config_path = str(root / "agentverify.yaml")
+        report_dir = Path(values.report_dir)
+        return cls(env=values.env, config_path=config_path, backend=values.backend,
+                   overrides=values.overrides(), say=say, environ=environ,
+                   report_dir=report_dir if report_dir.is_absolute() else root / report_dir,
+                   make_backend=make_backend, override_source=override_source)
+
+    # ------------------------------------------------------------------ backend
+
+    @property
+    def backend_name(self) -> str:
+        """The backend this run uses; ``auto`` is resolved here, on first use (it asks
+        the Docker engine), never when the session is made."""
+        if self._backend_name is None:
+            self._backend_name = resolve_backend_name(self.config.stack.backend)
+            self.journal.backend = self._backend_name
+        return self._backend_name
+
+    @property
+    def pytest_id(self) -> str:
+        """The id scenario items carry (the backend's ``pytest_id()``)."""
+        if self._pytest_id is None:
+            self._pytest_id = self.make_backend(self.backend_name, self.config).pytest_id()
+        return self._pytest_id
 
     # ------------------------------------------------------------------ stacks
 
@@ -81,7 +135,8 @@ class AgentVerifySession:
             self.say(line)
 
     def new_stack(self, config: Config | None = None) -> Stack:
-        stack = Stack.from_config(config or self.config, backend=self.backend_name,
+        config = config or self.config
+        stack = Stack.from_config(config, backend=self.make_backend(self.backend_name, config),
                                   progress=self._progress, environ=self.environ,
                                   state_dir=default_state_dir(self.environ))
         self.redactor.extend(stack.redactor)
@@ -116,17 +171,8 @@ class AgentVerifySession:
     @contextlib.contextmanager
     def fresh_stack(self, **overrides: Any) -> Iterator[Stack]:
         """A stack of its own (e.g. ``fresh_stack(**{"stack.replicas": 5})``)."""
-        config = self.config
-        if overrides:
-            data = config.model_dump()
-            for key, value in overrides.items():
-                node = data
-                *parents, last = key.split(".")
-                for p in parents:
-                    node = node[p]
-                node[last] = value
-            config = Config.model_validate(data)
-            config.source, config.root = self.config.source, self.config.root
+        config = with_overrides(self.config, overrides, source="fresh stack") if overrides \
+            else self.config
         stack = self.new_stack(config)
         with stack:
             yield stack

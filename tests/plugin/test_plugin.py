@@ -15,7 +15,7 @@ def test_options_are_in_their_own_group(pytester: pytest.Pytester) -> None:
         "agentverify: production-readiness rehearsals:",
         "*--agentverify-env=AGENTVERIFY_ENV*",
         "*--agentverify-config=AGENTVERIFY_CONFIG*",
-        "*--agentverify-backend={auto,local,docker}*",
+        "*--agentverify-backend={auto,docker,local}*",
         "*--agentverify-load-workers=AGENTVERIFY_LOAD_WORKERS*",
         "*--agentverify-set=KEY=VALUE*",
     ])

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from agentverify.errors import ScenarioSchemaError
 from agentverify.gates import Gate, parse_gates
+from agentverify.scenarios.registry import StepParams, StepRegistry, StepType, default_registry
 
 __all__ = ["ScenarioSpec", "StepSpec", "load_scenario_file"]
 
-_SCENARIO_KEYS = {"name", "description", "environments", "stack", "steps", "expect", "tags"}
+_SCENARIO_KEYS = {"name", "description", "environments", "stack", "steps", "expect"}
 _LINE = "__line__"
 
 
@@ -64,8 +65,14 @@ class StepSpec:
 
     index: int
     type: str
-    params: BaseModel
+    params: StepParams
     line: int
+    step_type: StepType
+
+    @property
+    def facts(self) -> tuple[str, ...]:
+        """The facts this step measures (with its label's suffix)."""
+        return self.params.fact_names(self.step_type.facts)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,6 @@ class ScenarioSpec:
     description: str = ""
     environments: tuple[str, ...] | None = None
     fresh_stack: bool = False
-    tags: tuple[str, ...] = ()
 
     def applies_to(self, env: str) -> bool:
         return self.environments is None or env in self.environments
@@ -104,10 +110,8 @@ def _pydantic_problem(exc: ValidationError) -> str:
            f"(got {err.get('input')!r})"
 
 
-def _parse_step(path: Path, scenario: str, index: int, raw: Any, line: int) -> StepSpec:
-    from agentverify.scenarios.registry import STEPS, load_builtin_steps
-
-    load_builtin_steps()
+def _parse_step(path: Path, scenario: str, index: int, raw: Any, line: int,
+                registry: StepRegistry) -> StepSpec:
     where = f"scenario {scenario!r}: step {index}"
     if isinstance(raw, str):
         raw = {raw: {}}
@@ -119,22 +123,24 @@ def _parse_step(path: Path, scenario: str, index: int, raw: Any, line: int) -> S
     if len(keys) != 1:
         raise _fail(path, f"{where}: a step has exactly one key (its type), got {keys}")
     kind = str(keys[0])
-    if kind not in STEPS:
+    if kind not in registry:
         raise _fail(path, f"{where}: unknown step type {kind!r}; expected one of: "
-                          f"{', '.join(sorted(STEPS))}")
+                          f"{', '.join(registry.names())}")
+    step_type = registry[kind]
     params = _strip_lines(raw[kind]) or {}
     if not isinstance(params, dict):
         raise _fail(path, f"{where} ({kind}): expected a mapping of parameters, got {params!r}")
     try:
-        model = STEPS[kind].params.model_validate(params)
+        model = step_type.params.model_validate(params)
     except ValidationError as exc:
-        allowed = ", ".join(STEPS[kind].params.model_fields) or "none"
+        allowed = ", ".join(step_type.params.model_fields) or "none"
         raise _fail(path, f"{where} ({kind}): {_pydantic_problem(exc)}; "
                           f"parameters: {allowed}") from None
-    return StepSpec(index=index, type=kind, params=model, line=step_line)
+    return StepSpec(index=index, type=kind, params=model, line=step_line, step_type=step_type)
 
 
-def _parse_scenario(path: Path, raw: Any, position: int) -> ScenarioSpec:
+def _parse_scenario(path: Path, raw: Any, position: int,
+                    registry: StepRegistry) -> ScenarioSpec:
     if not isinstance(raw, dict):
         raise _fail(path, f"scenario {position}: expected a mapping, got {type(raw).__name__}")
     line = raw.get(_LINE, 1)
@@ -148,7 +154,8 @@ def _parse_scenario(path: Path, raw: Any, position: int) -> ScenarioSpec:
     steps_raw = raw.get("steps")
     if not isinstance(steps_raw, list) or not steps_raw:
         raise _fail(path, f"scenario {name!r}: 'steps' must be a non-empty list")
-    steps = tuple(_parse_step(path, name, i, s, line) for i, s in enumerate(steps_raw, 1))
+    steps = tuple(_parse_step(path, name, i, s, line, registry)
+                  for i, s in enumerate(steps_raw, 1))
     envs = raw.get("environments")
     if envs is not None and (not isinstance(envs, list) or
                              not all(isinstance(e, str) for e in envs)):
@@ -163,7 +170,6 @@ def _parse_scenario(path: Path, raw: Any, position: int) -> ScenarioSpec:
         description=str(raw.get("description") or ""),
         environments=tuple(envs) if envs is not None else None,
         fresh_stack=stack_mode == "fresh",
-        tags=tuple(raw.get("tags") or ()),
     )
     # validate thresholds for every environment now, not when the gate runs
     try:
@@ -177,11 +183,9 @@ def _parse_scenario(path: Path, raw: Any, position: int) -> ScenarioSpec:
 
 def _check_facts(path: Path, spec: ScenarioSpec) -> None:
     """A gate on a fact no step measures is a typo, caught before anything runs."""
-    from agentverify.scenarios.registry import STEPS
-
     produced: set[str] = set()
     for step in spec.steps:
-        produced |= set(step.params.fact_names(STEPS[step.type].facts))
+        produced |= set(step.facts)
     for fact in spec.expect:
         if fact not in produced:
             raise _fail(path, f"scenario {spec.name!r}: expect.{fact}: no step of this "
@@ -189,8 +193,9 @@ def _check_facts(path: Path, spec: ScenarioSpec) -> None:
                               f"{', '.join(sorted(produced)) or 'none'}")
 
 
-def load_scenario_file(path: Path) -> list[ScenarioSpec]:
-    """Parse and validate a scenario file.
+def load_scenario_file(path: Path, registry: StepRegistry | None = None) -> list[ScenarioSpec]:
+    """Parse and validate a scenario file against ``registry`` (default: agentverify's
+    steps and every installed ``agentverify.steps`` entry point).
 
     Raises:
         ScenarioSchemaError: naming the file, the scenario, the step and the problem.
@@ -208,13 +213,14 @@ def load_scenario_file(path: Path) -> list[ScenarioSpec]:
             from None
     if data is None:
         raise _fail(path, "empty file; expected a scenario (name, steps, expect)")
+    registry = registry if registry is not None else default_registry()
     if isinstance(data, dict) and "scenarios" in data:
         items = data["scenarios"]
         if not isinstance(items, list) or not items:
             raise _fail(path, "'scenarios' must be a non-empty list")
-        specs = [_parse_scenario(path, item, i) for i, item in enumerate(items, 1)]
+        specs = [_parse_scenario(path, item, i, registry) for i, item in enumerate(items, 1)]
     else:
-        specs = [_parse_scenario(path, data, 1)]
+        specs = [_parse_scenario(path, data, 1, registry)]
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -4,24 +4,50 @@ A step type is a function ``(ctx, params) -> facts`` registered with :func:`step
 with a pydantic model for its parameters (unknown keys are errors) and the names of the
 facts it measures (so a gate on a fact nothing measures is caught at collection).
 
+Where step types come from, in this order:
+
+1. agentverify's own step modules (:data:`BUILTIN_MODULES`);
+2. the ``agentverify.steps`` entry point group of installed packages — each entry point
+   names a module (importing it runs its ``@step`` decorators) or a function
+   ``register(registry)``;
+3. the pytest hook ``pytest_agentverify_add_steps(registry)`` (a conftest.py or plugin
+   calls ``registry.add(...)`` or imports a module of ``@step`` functions).
+
 Example:
     >>> class Params(StepParams):
     ...     message: str
     >>> @step("echo", params=Params, facts=("echo_len",))
     ... def echo(ctx, params):
     ...     return {"echo_len": len(params.message)}
+    >>> "echo" in default_registry()
+    True
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["STEPS", "StepParams", "StepType", "step", "load_builtin_steps"]
+from agentverify.errors import ConfigError
+
+__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "StepParams", "StepRegistry", "StepType",
+           "default_registry", "step"]
+
+ENTRY_POINT_GROUP = "agentverify.steps"
+
+BUILTIN_MODULES = (
+    "agentverify.scenarios.smoke",
+    "agentverify.scenarios.deploy",
+    "agentverify.scenarios.rolling_update",
+    "agentverify.scenarios.backup_restore",
+    "agentverify.load.steps",
+)
 
 
 class StepParams(BaseModel):
@@ -39,47 +65,79 @@ class StepParams(BaseModel):
         return tuple(f"{f}_{self.label}" for f in facts) if self.label else facts
 
 
+StepFunc = Callable[[Any, Any], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class StepType:
+    """One step type: its name, function, parameter model and the facts it measures."""
+
     name: str
-    func: Callable[[Any, Any], dict[str, Any]]
+    func: StepFunc
     params: type[StepParams]
     facts: tuple[str, ...]
-    doc: str
 
 
-STEPS: dict[str, StepType] = {}
+class StepRegistry:
+    """Step types by name."""
 
-BUILTIN_MODULES = (
-    "agentverify.scenarios.smoke",
-    "agentverify.scenarios.deploy",
-    "agentverify.scenarios.rolling_update",
-    "agentverify.scenarios.backup_restore",
-    "agentverify.load.steps",
-)
+    def __init__(self) -> None:
+        self._types: dict[str, StepType] = {}
+        self._lock = threading.Lock()
+
+    def add(self, step_type: StepType) -> None:
+        """Register ``step_type``; a second step of the same name replaces the first
+        (a project may override a built-in step on purpose)."""
+        with self._lock:
+            self._types[step_type.name] = step_type
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __getitem__(self, name: str) -> StepType:
+        return self._types[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._types))
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+
+_DEFAULT = StepRegistry()
+_loaded = False
+_load_lock = threading.Lock()
 
 
 def step(name: str, *, params: type[StepParams] = StepParams,
-         facts: tuple[str, ...] = ()) -> Callable[[Callable[..., dict[str, Any]]],
-                                                  Callable[..., dict[str, Any]]]:
-    """Register a step type under ``name``."""
+         facts: tuple[str, ...] = ()) -> Callable[[StepFunc], StepFunc]:
+    """Register a step type under ``name`` in the default registry."""
 
-    def register(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        STEPS[name] = StepType(name, func, params, tuple(facts),
-                               (func.__doc__ or "").strip().split("\n")[0])
+    def register(func: StepFunc) -> StepFunc:
+        _DEFAULT.add(StepType(name, func, params, tuple(facts)))
         return func
 
     return register
 
 
-_loaded = False
+def _load_entry_points(registry: StepRegistry) -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP}"
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # an installed package's import error, shown in one line
+            raise ConfigError(f"{where} failed to load: {type(exc).__name__}: {exc}") from None
+        if callable(loaded) and not isinstance(loaded, type):
+            loaded(registry)
 
 
-def load_builtin_steps() -> None:
-    """Import the built-in step modules once."""
+def default_registry() -> StepRegistry:
+    """The registry with agentverify's own steps and every installed entry point's."""
     global _loaded
-    if _loaded:
-        return
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    _loaded = True
+    with _load_lock:
+        if not _loaded:
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+            _load_entry_points(_DEFAULT)
+            _loaded = True
+    return _DEFAULT

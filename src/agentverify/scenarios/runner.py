@@ -21,7 +21,6 @@ from agentverify import _http
 from agentverify.errors import AgentVerifyError, StackError
 from agentverify.report.journal import ScenarioResult, StepResult
 from agentverify.scenarios.model import ScenarioSpec
-from agentverify.scenarios.registry import STEPS, load_builtin_steps
 
 __all__ = ["ScenarioContext", "run_scenario", "restore_baseline"]
 
@@ -124,7 +123,6 @@ def restore_baseline(stack: Any, config: Any, say: Callable[[str], None] = print
 
 def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
     """Run every step, then evaluate the gates of ``ctx.env`` on the measured facts."""
-    load_builtin_steps()
     result = ScenarioResult(name=spec.name, file=str(spec.file))
     started = time.monotonic()
     try:
@@ -134,7 +132,7 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
             record = StepResult(index=step.index, type=step.type, seconds=0.0)
             result.steps.append(record)
             try:
-                facts = STEPS[step.type].func(ctx, step.params) or {}
+                facts = step.step_type.func(ctx, step.params) or {}
             except AgentVerifyError as exc:
                 record.error = str(exc)
                 result.error = f"step {step.index} ({step.type}): {exc}"
