@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -150,3 +151,44 @@ def test_ctrl_c_during_a_gate_run_tears_the_stack_down(backend: str, tmp_path: P
     assert "tearing the stack down" in out
     assert wait_until(lambda: leftovers(stack["run_id"], stack["run_dir"]) == [], 30), \
         leftovers(stack["run_id"], stack["run_dir"])
+
+
+def test_a_sigkilled_run_during_load_leaves_nothing_after_reap(tmp_path: Path,
+                                                               launched: list) -> None:
+    """The Locust child and its workers are recorded like every service: a pytest run
+    SIGKILLed in the middle of a `load` step with 2 workers leaves nothing after reap."""
+    require_backend("local")
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "long_load.yaml").write_text(
+        "name: long-load\n"
+        "steps:\n"
+        "  - load: {users: 4, spawn_rate: 4, duration_s: 120, user_rps: 2, workers: 2}\n"
+        "expect:\n  requests: '>= 1'\n")
+    reports = tmp_path / "reports"
+    proc = launch(["run", "--env", "dev", "--backend", "local", "--config", str(CONFIG),
+                   "--report-dir", str(reports), str(scenarios / "long_load.yaml")],
+                  tmp_path, launched)
+    stack = wait_for_file(reports / "stack.json", 180, proc)
+    run_id, run_dir = stack["run_id"], stack["run_dir"]
+    record = Path(run_dir) / "run.json"
+
+    def load_recorded() -> list[int]:
+        processes = json.loads(record.read_text())["processes"]
+        return [p["pgid"] for key, p in processes.items() if key.startswith("load-")]
+
+    pgids = wait_until(load_recorded, 120)
+    assert pgids, f"the load child never appeared in the run record {record}"
+    # the child and both workers run in the recorded process group, carrying the run id
+    assert wait_until(lambda: len([p for p in processes_of_run(run_id, run_dir)
+                                   if os.getpgid(p) == pgids[0]]) >= 3, 60), \
+        "expected the Locust child and 2 workers in the recorded process group"
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its pytest child: no teardown runs
+    proc.communicate(timeout=30)
+    assert leftovers(run_id, run_dir), "after SIGKILL the services are orphaned"
+
+    env = dict(os.environ, AGENTVERIFY_STATE_DIR=str(tmp_path / "state"))
+    reap = subprocess.run([sys.executable, "-m", "agentverify.cli", "reap"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert reap.returncode == 0, reap.stderr
+    assert wait_until(lambda: leftovers(run_id, run_dir) == [], 30), leftovers(run_id, run_dir)

@@ -38,6 +38,7 @@ from pathlib import Path
 from agentverify.errors import LoadTestError
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import ChildError, ChildInfo, LoadResult, Snapshot, parse_line
+from agentverify.stack.runstate import RUN_ID_ENV, RunContext
 
 __all__ = ["LoadDriver", "LoadRun"]
 
@@ -94,17 +95,22 @@ class LoadDriver:
         log_path: where the child's own output goes (default: a temporary file).
         progress_interval_s: seconds between progress lines.
         python: the interpreter for the child (default: this one).
+        run: the stack's run record: the child's process group (its workers are in it)
+            is recorded there while it runs, so ``agentverify reap`` and the next run find
+            it if this process is killed.
     """
 
     def __init__(self, plan: LoadPlan, *, say: Callable[[str], None] = print,
                  log_path: Path | None = None, progress_interval_s: float = 5.0,
-                 python: str | None = None) -> None:
+                 python: str | None = None, run: RunContext | None = None) -> None:
         self.plan = plan
         self.say = say
         self.log_path = log_path
         self.progress_interval_s = progress_interval_s
         self.python = python or sys.executable
+        self.run_record = run
         self._proc: subprocess.Popen[bytes] | None = None
+        self._record_key = f"load-{os.getpid()}-{id(self):x}"
 
     # ------------------------------------------------------------------ process group
 
@@ -154,6 +160,9 @@ class LoadDriver:
         cmd = [self.python, "-m", "agentverify.load.child", "--plan", str(plan_path),
                "--stream-fd", str(write_fd), "--parent-pid", str(os.getpid())]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.run_record is not None:
+            # the reaper proves a recorded process is this run's by this variable
+            env[RUN_ID_ENV] = self.run_record.run_id
         snapshots: list[Snapshot] = []
         info: list[str] = []
         result: LoadResult | None = None
@@ -170,6 +179,9 @@ class LoadDriver:
                                         f"{exc}") from exc
                 finally:
                     os.close(write_fd)
+                if self.run_record is not None:
+                    self.run_record.record_process(self._record_key, self._proc.pid,
+                                                   self._proc.pid)
                 try:
                     result, abort_reason = self._read(read_fd, snapshots, info, log_path,
                                                       abort_on, poll, on_snapshot)
@@ -179,6 +191,8 @@ class LoadDriver:
         finally:
             os.close(read_fd)
             self._stop_group()
+            if self.run_record is not None:
+                self.run_record.forget_process(self._record_key)
             # the plan (and a temporary log) go; a failed run keeps its log for the message
             plan_path.unlink(missing_ok=True)
             if not keep_log or self.log_path is not None:

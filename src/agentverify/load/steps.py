@@ -243,7 +243,8 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
             + (f", {plan.workers} Locust workers" if plan.workers else "")
             + (f", budget {format_usd(budget_usd)}" if budget_usd is not None else "")
             + (", abort on SLO breach" if abort_on_fail else ""))
-    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, "load")).run(
+    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, "load"),
+                     run=ctx.stack.run).run(
         abort_on=slo_abort.check if abort_on_fail else None, poll=poll)
     result = run.result
     ctx.say(f"  {result.summary()}")
@@ -346,7 +347,7 @@ class CacheCostParams(StepParams):
 
 def _measure(ctx: Any, prices: PriceTable, plan: LoadPlan, name: str) -> dict[str, Any]:
     before = ctx.ledger()
-    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name)).run()
+    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
     result = run.result
     delta = LedgerDelta.between(before, _settled_ledger(ctx))
     cost = prices.cost(delta).total_usd
