@@ -1,0 +1,147 @@
+"""The Stack's own logic against an in-memory backend: order, failure clean-up, rollouts,
+scaling, reaping. (What really runs is tested in tests/integration on real backends.)"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agentverify.errors import RollbackError, ServiceStartError
+from agentverify.stack.spec import Port, ServiceSpec, StackSpec
+from agentverify.stack.stack import ProgressEvent, Stack
+from tests.unit.fakes import FakeBackend
+
+AGENT = ServiceSpec(name="agent", role="agent", image="x", command=("agent",),
+                    ports=(Port("http", 8000),), depends_on=("redis", "llm", "ingest"),
+                    replicas=3, version="v1")
+
+
+def _spec() -> StackSpec:
+    return StackSpec(services=(
+        ServiceSpec(name="llm", role="llm", image="x", command=("llm",), ports=(Port("http", 8080),)),
+        ServiceSpec(name="redis", role="cache", image="x", command=("redis",),
+                    ports=(Port("redis", 6379, "redis"),), persistent=True),
+        ServiceSpec(name="ingest", role="job", image="x", command=("ingest",), kind="job",
+                    depends_on=("llm",)),
+        AGENT,
+        ServiceSpec(name="prometheus", role="metrics", image="x", command=("prom",),
+                    ports=(Port("http", 9090),), depends_on=("llm",),
+                    files={"targets/agents.json": "[]"}),
+    ), env_name="unit")
+
+
+def _stack(tmp_path: Path, backend: FakeBackend | None = None,
+           events: list[ProgressEvent] | None = None) -> Stack:
+    sink = events.append if events is not None else None
+    return Stack(_spec(), backend or FakeBackend(), state_dir=tmp_path / "state",
+                 agent_factory=lambda v: replace(AGENT, version=v), progress=sink)
+
+
+def test_up_starts_dependencies_first_and_down_stops_in_reverse(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    stack = _stack(tmp_path, backend)
+    with stack:
+        started = backend.started()
+        first_agent = min(started.index(f"agent-{i}.g1") for i in range(3))
+        assert started.index("redis.g1") < first_agent and started.index("llm.g1") < first_agent
+        assert ("run_job", "ingest") in backend.calls
+        assert [r.instance for r in stack.replicas] == ["agent-0", "agent-1", "agent-2"]
+        assert stack.versions == ["v1"] * 3
+        assert set(stack.to_json()["services"]) == {"llm", "redis", "prometheus", "agent-0",
+                                                    "agent-1", "agent-2"}
+        targets = json.loads(stack.service("prometheus").state.files["targets/agents.json"])
+        assert [g["labels"]["replica"] for g in targets] == ["agent-0", "agent-1", "agent-2"]
+    stopped = backend.stopped()
+    assert stopped.index("agent-0.g1") < stopped.index("redis.g1")
+    assert set(stopped) == {"llm.g1", "redis.g1", "prometheus.g1", "agent-0.g1", "agent-1.g1",
+                            "agent-2.g1"}
+    assert backend.closed
+    calls = len(backend.calls)
+    stack.down()  # idempotent: nothing more is stopped
+    assert [c for c in backend.calls[calls:] if c[0] in ("stop", "kill")] == []
+
+
+def test_a_failed_start_stops_everything_already_started(tmp_path: Path) -> None:
+    backend = FakeBackend(fail_start={"agent-1"})
+    stack = _stack(tmp_path, backend)
+    with pytest.raises(ServiceStartError, match="agent-1: fake start failure"):
+        with stack:
+            pass
+    assert set(backend.started()) - {"agent-1.g1"} <= set(backend.stopped())
+    assert stack.instances() == []
+    assert not stack.is_up
+
+
+def test_up_reaps_what_killed_runs_left_through_the_backend(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    backend = FakeBackend(leftovers=["old-run/av-x (container)"])
+    with _stack(tmp_path, backend, events):
+        assert backend.calls[0] == ("reap_stale", "")
+    assert any(e.state == "info" and e.instance == "old-run/av-x (container)" for e in events)
+
+
+def test_rolling_update_replaces_one_replica_at_a_time(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        rollout = stack.rolling_update("v2")
+        assert rollout.completed and len(rollout.steps) == 3
+        assert stack.versions == ["v2"] * 3
+        order = [c for c in backend.calls if c[0] in ("start", "stop")
+                 and c[1].startswith("agent-")]
+        # each new generation is started before its predecessor is stopped
+        for i in range(3):
+            assert order.index(("start", f"agent-{i}.g2")) < order.index(("stop", f"agent-{i}.g1"))
+            if i:
+                assert order.index(("stop", f"agent-{i - 1}.g1")) < \
+                    order.index(("start", f"agent-{i}.g2"))
+
+
+def test_an_after_each_reason_stops_the_rollout_and_rollback_restores(tmp_path: Path) -> None:
+    with _stack(tmp_path) as stack:
+        seen: list[str] = []
+
+        def bake(new) -> str | None:
+            seen.append(new.instance)
+            return "agent-0 answered errors" if new.instance == "agent-0" else None
+
+        rollout = stack.rolling_update("v3", after_each=bake)
+        assert not rollout.completed and rollout.failure == "agent-0 answered errors"
+        assert seen == ["agent-0"] and stack.versions == ["v3", "v1", "v1"]
+        back = stack.rollback("v1")
+        assert len(back.steps) == 1 and stack.versions == ["v1"] * 3
+
+
+def test_a_replica_that_never_starts_fails_the_rollout_and_the_rollback(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        backend.fail_start = {"agent-0"}
+        rollout = stack.rolling_update("v2")
+        assert rollout.failure and "agent-0 at v2 did not become healthy" in rollout.failure
+        assert stack.versions == ["v1"] * 3
+        with pytest.raises(RollbackError, match="rollback to v9 failed"):
+            stack.rollback("v9")
+
+
+def test_scale_out_and_in_follows_in_routing_targets(tmp_path: Path) -> None:
+    with _stack(tmp_path) as stack:
+        stack.scale(5)
+        assert [r.instance for r in stack.replicas] == [f"agent-{i}" for i in range(5)]
+        stack.scale(2)
+        assert [r.instance for r in stack.replicas] == ["agent-0", "agent-1"]
+        targets = json.loads(stack.service("prometheus").state.files["targets/agents.json"])
+        assert len(targets) == 2
+        with pytest.raises(Exception, match="below 1 replica"):
+            stack.scale(0)
+
+
+def test_restart_keeps_the_service_serving(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        before = stack.service("redis")
+        after = stack.restart("redis")
+        assert after is not before and stack.service("redis") is after
+        assert after.state.ports == before.state.ports
+        assert after in stack.instances() and before not in stack.instances()
