@@ -13,6 +13,9 @@ per ``chat.completion.chunk`` (events end with a blank line), all with the same 
    ``"usage": null``, as OpenAI sends it);
 5. ``data: [DONE]``.
 
+The ledger bills a stream in full when it starts, exactly as the same call unstreamed
+(a client that leaves mid-stream is billed as if it had read to the end).
+
 Example:
     >>> head, deltas, tail = chat_events("chatcmpl-1", 0, "m", "Hi there.", "stop",
     ...                                  {"prompt_tokens": 1, "completion_tokens": 3,
