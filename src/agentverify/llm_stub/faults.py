@@ -49,10 +49,18 @@ settings plus ``active`` (a new matching request would be faulted now), ``matche
 An injected error has OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``:
 429 is ``type: "requests", code: "rate_limit_exceeded"`` as OpenAI's own rate limit;
 5xx is ``type: "server_error", code: "injected_fault"``; another 4xx is
-``type: "invalid_request_error", code: "injected_fault"``. The ``openai`` SDK retries
-408, 409, 429 and 5xx (``max_retries``, default 2), waiting ``retry-after-ms`` /
-``Retry-After`` when it is between 0 and 60 s, else ``0.5 s * 2**n`` (at most 8 s);
-a hang is an ``APITimeoutError`` once its ``timeout`` passes, also retried.
+``type: "invalid_request_error", code: "injected_fault"``; every error carries an
+``x-request-id``. A hang the client gave up on is logged (call log, metrics) with
+status 499, nginx's "client closed request".
+
+What the official ``openai`` SDK does with them (read in its ``_base_client.py``, 3.x):
+it retries 408, 409, 429 and every 5xx, and timeouts and connection errors, up to
+``max_retries`` times (default 2), each attempt sending ``x-stainless-retry-count``;
+it waits ``retry-after-ms``, else ``Retry-After``, when that is above 0 and at most
+120 s (60 s in 1.x), else ``0.5 s * 2**n`` capped at 8 s, minus up to 25% jitter; a
+``Retry-After`` above 120 s makes 3.x give up at once. So ``retry_after_s: 0`` means
+"retry on your own backoff". A hang surfaces as ``APITimeoutError`` once the client's
+``timeout`` passes (the SDK's default is 600 s).
 
 Example:
     >>> faults = FaultInjector()
