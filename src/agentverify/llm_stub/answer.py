@@ -1,11 +1,15 @@
-"""Deterministic chat answers: same (model, messages) in, same answer out.
+"""Deterministic chat answers: same (model, messages, bounded or not) in, same answer out.
 
 The answer quotes the context the caller put in the prompt, so a test can see that
-retrieval reached the model, and then pads to a length chosen by a stable hash:
+retrieval reached the model, and then pads to a length chosen by a stable hash. Like a
+real model on an open-ended prompt, a request with no token limit rambles:
 
-    target = 24 + stable_hash(prompt_key(model, messages)) % 97      # 24..120 tokens
+    h = stable_hash(prompt_key(model, messages))
+    target = 24 + h % 97        with max_tokens / max_completion_tokens   # 24..120 tokens
+    target = 400 + h % 1101     without any limit                         # 400..1500 tokens
 
-``prompt_key`` is the compact JSON of ``[model, [[role, content], ...]]``. The answer is
+so an agent that drops ``max_tokens`` visibly costs more. ``prompt_key`` is the compact
+JSON of ``[model, [[role, content], ...]]``. The answer is
 
 * ``According to <title>: <first sentence of the context> ...`` when the system
   messages (or a ``Context:`` block before a ``Question:`` line in the last user
@@ -20,11 +24,14 @@ answer is cut to exactly ``limit`` tokens and the finish reason is ``"length"``.
 Example:
     >>> msgs = [{"role": "system", "content": "# Passwords\\nOpen Settings to reset it."},
     ...         {"role": "user", "content": "How do I reset my password?"}]
-    >>> text, reason = generate_answer("gpt-4o-mini", msgs)
-    >>> text.startswith("According to Passwords: Open Settings to reset it.")
-    True
+    >>> text, reason = generate_answer("gpt-4o-mini", msgs, max_tokens=500)
+    >>> text.startswith("According to Passwords: Open Settings to reset it."), reason
+    (True, 'stop')
     >>> generate_answer("gpt-4o-mini", msgs, max_tokens=5)
     ('According to Passwords: Open', 'length')
+    >>> from agentverify.llm_stub.tokens import count_tokens
+    >>> count_tokens(generate_answer("gpt-4o-mini", msgs)[0]) >= 400
+    True
 """
 
 from __future__ import annotations
@@ -37,12 +44,24 @@ from functools import lru_cache
 
 from agentverify.llm_stub.tokens import count_tokens, cut_tokens, stable_hash
 
-__all__ = ["prompt_key", "target_tokens", "generate_answer", "MIN_ANSWER_TOKENS", "ANSWER_SPREAD"]
+__all__ = [
+    "prompt_key",
+    "target_tokens",
+    "generate_answer",
+    "MIN_ANSWER_TOKENS",
+    "ANSWER_SPREAD",
+    "MIN_LONG_ANSWER_TOKENS",
+    "LONG_ANSWER_SPREAD",
+]
 
-#: Shortest untruncated answer, in tokens.
+#: Shortest untruncated answer to a request with a token limit, in tokens.
 MIN_ANSWER_TOKENS = 24
-#: Answer lengths spread over ``MIN_ANSWER_TOKENS + range(ANSWER_SPREAD)``.
+#: Such answers spread over ``MIN_ANSWER_TOKENS + range(ANSWER_SPREAD)``.
 ANSWER_SPREAD = 97
+#: Shortest answer to a request without any token limit.
+MIN_LONG_ANSWER_TOKENS = 400
+#: Those spread over ``MIN_LONG_ANSWER_TOKENS + range(LONG_ANSWER_SPREAD)`` (up to 1,500).
+LONG_ANSWER_SPREAD = 1101
 
 _CONTEXT_ROLES = frozenset({"system", "developer"})
 _TITLE = re.compile(
@@ -80,9 +99,19 @@ def prompt_key(model: str, messages: Sequence[tuple[str, str]]) -> str:
     return json.dumps([model, [list(m) for m in messages]], ensure_ascii=False, separators=(",", ":"))
 
 
-def target_tokens(key: str) -> int:
-    """Return the untruncated answer length for a prompt key: ``24 + stable_hash % 97``."""
-    return MIN_ANSWER_TOKENS + stable_hash(key) % ANSWER_SPREAD
+def target_tokens(key: str, bounded: bool = True) -> int:
+    """Return the untruncated answer length for a prompt key.
+
+    ``24 + stable_hash % 97`` for a request with a token limit (``bounded``), else
+    ``400 + stable_hash % 1101``.
+
+    Example:
+        >>> 24 <= target_tokens("k") <= 120 and 400 <= target_tokens("k", bounded=False) <= 1500
+        True
+    """
+    if bounded:
+        return MIN_ANSWER_TOKENS + stable_hash(key) % ANSWER_SPREAD
+    return MIN_LONG_ANSWER_TOKENS + stable_hash(key) % LONG_ANSWER_SPREAD
 
 
 def _one_line(text: str) -> str:
@@ -157,9 +186,9 @@ def _filler(key: str, n: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _full_answer(model: str, messages: tuple[tuple[str, str], ...]) -> tuple[str, int]:
+def _full_answer(model: str, messages: tuple[tuple[str, str], ...], bounded: bool) -> tuple[str, int]:
     key = prompt_key(model, messages)
-    target = target_tokens(key)
+    target = target_tokens(key, bounded)
     context, question = _split_context(messages)
     title, body = _title_and_body(context)
     sentence = cut_tokens(_first_sentence(body), _MAX_SENTENCE_TOKENS)
@@ -187,7 +216,8 @@ def generate_answer(
     Args:
         model: The requested model name (part of the hash, so models answer differently).
         messages: ``(role, content)`` pairs or ``{"role", "content"}`` mappings.
-        max_tokens: Token limit of the completion; ``None`` means no limit.
+        max_tokens: Token limit of the completion; ``None`` means no limit (and a long
+            answer, see the module docstring).
 
     Returns:
         The answer, with exactly ``min(target, max_tokens)`` tokens, and ``"length"`` if
@@ -196,7 +226,7 @@ def generate_answer(
     pairs = tuple(
         (m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1]) for m in messages
     )
-    text, n = _full_answer(model, pairs)
+    text, n = _full_answer(model, pairs, max_tokens is not None)
     if max_tokens is not None and max_tokens < n:
         return cut_tokens(text, max_tokens), "length"
     return text, "stop"

@@ -6,12 +6,17 @@ Serve it with one worker (the ledger lives in memory)::
         --host 127.0.0.1 --port 8900
 
 Handlers do no logging and no per-request work beyond tokenizing, hashing and a JSON
-dump; answers and embeddings of repeated prompts come from an LRU cache.
+dump; answers and embeddings of repeated prompts come from an LRU cache. Every error
+under ``/v1`` (400, 401, 404, injected faults) has OpenAI's body
+``{"error": {"message", "type", "param", "code"}}``, which the ``openai`` SDK turns into
+``BadRequestError``, ``AuthenticationError``, ``RateLimitError``, ``InternalServerError``...
 
 Example:
     >>> stub = create_app(api_keys=["sk-test"])   # or read LLM_STUB_API_KEYS
-    >>> sorted(r.path for r in stub.routes if r.path.startswith(("/v1", "/ledger")))
-    ['/ledger', '/ledger/reset', '/v1/chat/completions', '/v1/embeddings', '/v1/models']
+    >>> sorted(r.path for r in stub.routes if r.path.startswith("/v1"))
+    ['/v1/chat/completions', '/v1/embeddings', '/v1/models']
+    >>> sorted(r.path for r in stub.routes if r.path.startswith(("/ledger", "/faults")))
+    ['/faults', '/faults', '/faults', '/ledger', '/ledger/calls', '/ledger/reset']
 """
 
 from __future__ import annotations
@@ -24,15 +29,25 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NamedTuple
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentverify.llm_stub.answer import generate_answer
-from agentverify.llm_stub.state import FaultInjector, FaultSettings, Ledger, StubMetrics
+from agentverify.llm_stub.faults import (
+    FaultDecision,
+    FaultInjector,
+    FaultSettings,
+    describe_validation_error,
+    injected_error,
+)
+from agentverify.llm_stub.state import CALL_LOG_SIZE, Ledger, StubMetrics
+from agentverify.llm_stub.stream import chat_events
 from agentverify.llm_stub.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, count_tokens, embed
 
 __all__ = ["create_app", "app", "API_KEYS_ENV", "DEFAULT_DIMENSIONS"]
@@ -47,6 +62,9 @@ MAX_DIMENSIONS = 4096
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _UNKNOWN_MODEL = "unknown"
 _MAX_LABEL = 128  # model names go into Prometheus labels; cap what a client can send
+_CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
+_STREAM_BATCH = 64  # deltas per write after the first: one event each, fewer sends
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
 
 
 class _BadRequest(Exception):
@@ -59,9 +77,38 @@ class _BadRequest(Exception):
         self.model = model
 
 
-def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
+class _Chat(NamedTuple):
+    """A valid chat request."""
+
+    model: str
+    messages: list[tuple[str, str]]
+    limit: int | None
+    limit_param: str | None
+    stream: bool
+    include_usage: bool
+
+
+def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status,
+                        headers={**(headers or {}), "x-request-id": "req_" + uuid.uuid4().hex[:24]})
+
+
+def _retry_count(request: Request) -> int | None:
+    """The ``openai`` SDK's attempt number (``x-stainless-retry-count``), if sent."""
+    raw = request.headers.get("x-stainless-retry-count")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected (the body has been read already)."""
+    # After the body, the server's receive() blocks until it has http.disconnect to give.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _keys_from_env() -> list[str]:
@@ -112,8 +159,8 @@ def _content_text(content: object, index: int, model: str) -> str:
     )
 
 
-def _parse_chat(data: dict[str, Any]) -> tuple[str, list[tuple[str, str]], int | None]:
-    """Return (model, [(role, content)], token limit) or raise :class:`_BadRequest`."""
+def _parse_chat(data: dict[str, Any]) -> _Chat:
+    """Return the valid request or raise :class:`_BadRequest`."""
     model = _model_of(data)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -130,14 +177,28 @@ def _parse_chat(data: dict[str, Any]) -> tuple[str, list[tuple[str, str]], int |
                 model,
             )
         pairs.append((role, _content_text(message.get("content"), i, model)))
-    if data.get("stream"):
-        raise _BadRequest("stream=true is not supported by the LLM stub", "stream", model)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _BadRequest("stream must be a boolean", "stream", model)
+    options = data.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            # OpenAI's own wording for this mistake.
+            raise _BadRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                              "stream_options", model)
+        usage_flag = options.get("include_usage") if isinstance(options, dict) else None
+        if not isinstance(options, dict) or not isinstance(usage_flag, bool | None):
+            raise _BadRequest("stream_options must be an object with a boolean include_usage",
+                              "stream_options", model)
+        include_usage = bool(usage_flag)
     temperature = data.get("temperature")
     if temperature is not None and (
         isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
     ):
         raise _BadRequest("temperature must be a number between 0 and 2", "temperature", model)
     limit: int | None = None
+    limit_param: str | None = None
     # max_completion_tokens supersedes the deprecated max_tokens, as in OpenAI's API.
     for name in ("max_tokens", "max_completion_tokens"):
         value = data.get(name)
@@ -145,8 +206,8 @@ def _parse_chat(data: dict[str, Any]) -> tuple[str, list[tuple[str, str]], int |
             continue
         if not _is_int(value) or value < 1:
             raise _BadRequest(f"{name} must be an integer of at least 1", name, model)
-        limit = value
-    return model, pairs, limit
+        limit, limit_param = value, name
+    return _Chat(model, pairs, limit, limit_param, bool(stream), include_usage)
 
 
 def _parse_embeddings(data: dict[str, Any]) -> tuple[str, list[str], int, str]:
@@ -199,6 +260,16 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
     app.state.faults = faults
     app.state.metrics = metrics
 
+    @app.exception_handler(StarletteHTTPException)
+    async def openai_shaped_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # An SDK call to an endpoint the stub lacks (say /v1/responses) must read as
+        # OpenAI's own 404, not FastAPI's {"detail": ...}.
+        if not request.url.path.startswith("/v1/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        message = (f"Invalid URL ({request.method} {request.url.path})" if exc.status_code == 404
+                   else str(exc.detail))
+        return _error(exc.status_code, message, "invalid_request_error", None)
+
     def authorized(request: Request) -> bool:
         if not keys:
             return True
@@ -225,48 +296,68 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
         metrics.request(exc.model or _UNKNOWN_MODEL, endpoint, 400)
         return _error(400, exc.message, "invalid_request_error", "invalid_request", exc.param)
 
-    async def injected(model: str, endpoint: str) -> JSONResponse | None:
-        """Apply the fault settings; return the error response if this request fails."""
-        fail, delay = faults.decide(model, endpoint)  # decided on arrival, before any await
-        if delay:
-            await asyncio.sleep(delay)
-        if not fail:
+    async def injected(request: Request, decision: FaultDecision, model: str, endpoint: str,
+                       call: dict[str, Any]) -> Response | None:
+        """Apply a fault decision; return the answer if the request fails or hangs."""
+        if decision.delay_s:
+            await asyncio.sleep(decision.delay_s)
+        if not decision.fail:
             return None
-        status = faults.settings.status_code
-        ledger.record_error(model)
+        hung_s: float | None = None
+        if decision.mode == "hang":
+            started = time.monotonic()
+            if await faults.hold(decision.hang_s, lambda: _client_gone(request)):
+                ledger.record_error(model, call=call, status=_CLIENT_CLOSED, fault="hang")
+                metrics.request(model, endpoint, _CLIENT_CLOSED)
+                return Response(status_code=_CLIENT_CLOSED)  # nobody is left to read it
+            hung_s = round(time.monotonic() - started, 3)
+        status, body, headers = injected_error(decision.status, decision.retry_after_s, model, endpoint,
+                                               hung_s=hung_s)
+        ledger.record_error(model, call=call, status=status, fault=decision.mode)
         metrics.request(model, endpoint, status)
-        return _error(
-            status,
-            f"Injected fault: the LLM stub failed this {endpoint} request on purpose.",
-            "server_error",
-            "injected_fault",
-        )
+        error = body["error"]
+        return _error(status, error["message"], error["type"], error["code"], headers=headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        """OpenAI chat completions with a deterministic answer and exact usage."""
+        """OpenAI chat completions (JSON or server-sent events), deterministic, exact usage."""
         if not authorized(request):
             return refuse("chat")
         try:
-            model, messages, limit = _parse_chat(await _json_body(request))
+            chat = _parse_chat(await _json_body(request))
         except _BadRequest as exc:
             return bad_request("chat", exc)
-        failure = await injected(model, "chat")
-        if failure is not None:
-            return failure
-        content, finish_reason = generate_answer(model, messages, limit)
-        prompt = sum(count_tokens(text) + MESSAGE_OVERHEAD for _, text in messages) + REPLY_PRIMING
+        model = chat.model
+        call = ledger.open_call("chat", model, stream=chat.stream, limit_param=chat.limit_param,
+                                limit=chat.limit, retry_count=_retry_count(request))
+        decision = faults.decide(model, "chat")  # decided on arrival, before any await
+        if decision is not None:
+            failure = await injected(request, decision, model, "chat", call)
+            if failure is not None:
+                return failure
+        content, finish_reason = generate_answer(model, chat.messages, chat.limit)
+        prompt = sum(count_tokens(text) + MESSAGE_OVERHEAD for _, text in chat.messages) + REPLY_PRIMING
         completion = count_tokens(content)
-        ledger.record_chat(model, prompt, completion)
+        # A stream is billed in full when it starts, exactly as the same call unstreamed.
+        ledger.record_chat(model, prompt, completion, call=call, finish_reason=finish_reason)
         seen_models.add(model)
         metrics.request(model, "chat", 200)
         metrics.add_tokens(model, "prompt", prompt)
         metrics.add_tokens(model, "completion", completion)
+        completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if chat.stream:
+            first_token_s = decision.first_token_s if decision is not None else 0.0
+            head, deltas, tail = chat_events(completion_id, created, model, content, finish_reason, usage,
+                                             include_usage=chat.include_usage)
+            return StreamingResponse(_sse(head, deltas, tail, first_token_s), media_type="text/event-stream",
+                                     headers=_SSE_HEADERS)
         return JSONResponse(
             {
-                "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+                "id": completion_id,
                 "object": "chat.completion",
-                "created": int(time.time()),
+                "created": created,
                 "model": model,
                 "choices": [
                     {
@@ -276,11 +367,7 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
                         "finish_reason": finish_reason,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
+                "usage": usage,
             }
         )
 
@@ -293,18 +380,23 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
             model, inputs, dimensions, encoding = _parse_embeddings(await _json_body(request))
         except _BadRequest as exc:
             return bad_request("embeddings", exc)
-        failure = await injected(model, "embeddings")
-        if failure is not None:
-            return failure
+        call = ledger.open_call("embeddings", model, retry_count=_retry_count(request))
+        decision = faults.decide(model, "embeddings")
+        if decision is not None:
+            failure = await injected(request, decision, model, "embeddings", call)
+            if failure is not None:
+                return failure
         data = []
         tokens = 0
         for i, text in enumerate(inputs):
             tokens += count_tokens(text)
-            vector: Any = embed(text, dimensions)
-            if encoding == "base64":
-                vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii")
+            # Both encodings carry the same float32 values (what a model produces), so a
+            # client's base64 decode equals the float list exactly.
+            packed = struct.pack(f"<{dimensions}f", *embed(text, dimensions))
+            vector: Any = (base64.b64encode(packed).decode("ascii") if encoding == "base64"
+                           else list(struct.unpack(f"<{dimensions}f", packed)))
             data.append({"object": "embedding", "index": i, "embedding": vector})
-        ledger.record_embeddings(model, tokens)
+        ledger.record_embeddings(model, tokens, call=call)
         seen_models.add(model)
         metrics.request(model, "embeddings", 200)
         metrics.add_tokens(model, "embedding", tokens)
@@ -337,6 +429,11 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
         """Exact usage since start or the last reset, in total and per model."""
         return JSONResponse(ledger.snapshot())
 
+    @app.get("/ledger/calls")
+    async def get_calls(since: int = Query(0, ge=0), limit: int = Query(CALL_LOG_SIZE, ge=1)) -> Response:
+        """The logged calls numbered above ``since`` (at most ``limit``), oldest first."""
+        return JSONResponse(ledger.calls(since, limit))
+
     @app.post("/ledger/reset")
     async def reset_ledger() -> Response:
         """Zero the ledger and return it."""
@@ -345,18 +442,27 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
 
     @app.get("/faults")
     async def get_faults() -> Response:
-        """Current fault settings with ``matched`` and ``injected`` counts."""
+        """Current fault settings with their state and counters."""
         return JSONResponse(faults.describe())
 
     @app.post("/faults")
-    async def set_faults(settings: FaultSettings) -> Response:
-        """Replace the fault settings (omitted fields take defaults); restarts the count."""
+    async def set_faults(request: Request) -> Response:
+        """Replace the fault settings (omitted keys take defaults); restarts the counts."""
+        raw = await request.body()
+        try:
+            settings = FaultSettings.model_validate(json.loads(raw) if raw.strip() else {})
+        except ValueError as exc:  # ValidationError is a ValueError, and so is bad JSON
+            if isinstance(exc, ValidationError):
+                message, param = describe_validation_error(exc)
+            else:
+                message, param = "POST /faults: the body is not valid JSON", None
+            return _error(422, message, "invalid_request_error", "invalid_faults", param)
         faults.configure(settings)
         return JSONResponse(faults.describe())
 
     @app.delete("/faults")
     async def clear_faults() -> Response:
-        """Remove every fault."""
+        """Remove every fault (held requests are answered now) and return the state."""
         faults.clear()
         return JSONResponse(faults.describe())
 
@@ -371,6 +477,18 @@ def create_app(api_keys: Sequence[str] | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _sse(head: bytes, deltas: list[bytes], tail: bytes, first_token_s: float) -> AsyncIterator[bytes]:
+    """The events of one stream; the first content delta waits ``first_token_s``."""
+    yield head
+    if first_token_s > 0:
+        await asyncio.sleep(first_token_s)
+    if deltas:
+        yield deltas[0]
+    for start in range(1, len(deltas), _STREAM_BATCH):
+        yield b"".join(deltas[start : start + _STREAM_BATCH])
+    yield tail
 
 
 app = create_app()

@@ -1,30 +1,30 @@
-"""In-memory state of one LLM stub process: the token ledger, fault knobs and metrics.
+"""In-memory state of one LLM stub process: the token ledger, its call log and metrics.
 
 The stub runs as one asyncio process, so plain counter updates are exact as long as no
 ``await`` falls between reading and writing a counter; none of the methods here await.
+The fault knobs are in :mod:`agentverify.llm_stub.faults`.
 
 Example:
     >>> ledger = Ledger()
     >>> ledger.record_chat("m", prompt=10, completion=5)
     >>> ledger.snapshot()["models"]["m"]["completion_tokens"]
     5
-    >>> faults = FaultInjector()
-    >>> faults.configure(FaultSettings(error_rate=0.5))
-    >>> [faults.decide("m", "chat")[0] for _ in range(4)]
-    [False, True, False, True]
+    >>> call = ledger.open_call("chat", "m", limit=None)
+    >>> ledger.snapshot()["models"]["m"]["calls_without_max_tokens"]
+    1
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
-from typing import Any, Literal
+from collections import deque
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Ledger", "FaultSettings", "FaultInjector", "StubMetrics", "Endpoint"]
+__all__ = ["Ledger", "StubMetrics", "CALL_LOG_SIZE"]
 
-Endpoint = Literal["chat", "embeddings"]
+#: Calls the call log keeps (``GET /ledger/calls``); the oldest are dropped first.
+CALL_LOG_SIZE = 10_000
 
 _MODEL_FIELDS = (
     "requests",
@@ -34,20 +34,30 @@ _MODEL_FIELDS = (
     "embedding_tokens",
     "chat_requests",
     "embedding_requests",
+    "calls_without_max_tokens",
 )
 
 
 class Ledger:
-    """Exact usage counters, in total and per model.
+    """Exact usage counters, in total and per model, and a log of recent calls.
 
     ``requests`` counts successful (billed) requests; ``errors`` counts requests that
     were answered with an error after authentication (an injected fault or a 400).
-    Only successful requests add tokens.
+    Only successful requests add tokens. ``calls_without_max_tokens`` counts every
+    valid chat request (answered or faulted) that set neither ``max_tokens`` nor
+    ``max_completion_tokens``; ``largest_max_tokens`` is the largest limit a chat
+    request asked for (null: none did).
+
+    Args:
+        call_log_size: How many calls :meth:`calls` can return (oldest dropped first).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, call_log_size: int = CALL_LOG_SIZE) -> None:
         self._models: dict[str, dict[str, int]] = {}
+        self._largest: dict[str, int] = {}
         self._unattributed_errors = 0  # 400s whose body named no usable model
+        self._calls: deque[dict[str, Any]] = deque(maxlen=call_log_size)
+        self._seq = 0  # never reset, so a reader's ``since`` cursor survives a reset
 
     def _model(self, model: str) -> dict[str, int]:
         counters = self._models.get(model)
@@ -55,122 +65,122 @@ class Ledger:
             counters = self._models[model] = dict.fromkeys(_MODEL_FIELDS, 0)
         return counters
 
-    def record_chat(self, model: str, prompt: int, completion: int) -> None:
-        """Count one successful chat completion."""
+    def open_call(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        stream: bool = False,
+        limit_param: str | None = None,
+        limit: int | None = None,
+        retry_count: int | None = None,
+    ) -> dict[str, Any]:
+        """Log one valid request as it arrives; return its record to complete later.
+
+        Args:
+            endpoint: ``chat`` or ``embeddings``.
+            model: The requested model.
+            stream: Whether a chat asked for server-sent events.
+            limit_param: ``max_tokens`` or ``max_completion_tokens``, whichever set the limit.
+            limit: The completion token limit asked for (None: no limit).
+            retry_count: The client's ``x-stainless-retry-count`` (the ``openai`` SDK's
+                attempt number, 0 for the first), if it sent one.
+        """
+        self._seq += 1
+        call = {
+            "seq": self._seq,
+            "endpoint": endpoint,
+            "model": model,
+            "stream": stream,
+            "max_tokens_param": limit_param,
+            "max_tokens": limit,
+            "retry_count": retry_count,
+            "status": None,
+            "fault": None,
+            "finish_reason": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "embedding_tokens": 0,
+        }
+        if endpoint == "chat":
+            if limit is None:
+                self._model(model)["calls_without_max_tokens"] += 1
+            else:
+                self._model(model)
+                self._largest[model] = max(limit, self._largest.get(model, 0))
+        self._calls.append(call)
+        return call
+
+    def record_chat(self, model: str, prompt: int, completion: int, *,
+                    call: dict[str, Any] | None = None, finish_reason: str | None = None) -> None:
+        """Count one successful chat completion (and complete its call record)."""
         c = self._model(model)
         c["requests"] += 1
         c["chat_requests"] += 1
         c["prompt_tokens"] += prompt
         c["completion_tokens"] += completion
+        if call is not None:
+            call.update(status=200, finish_reason=finish_reason, prompt_tokens=prompt,
+                        completion_tokens=completion)
 
-    def record_embeddings(self, model: str, tokens: int) -> None:
-        """Count one successful embeddings request."""
+    def record_embeddings(self, model: str, tokens: int, *, call: dict[str, Any] | None = None) -> None:
+        """Count one successful embeddings request (and complete its call record)."""
         c = self._model(model)
         c["requests"] += 1
         c["embedding_requests"] += 1
         c["embedding_tokens"] += tokens
+        if call is not None:
+            call.update(status=200, embedding_tokens=tokens)
 
-    def record_error(self, model: str | None) -> None:
-        """Count one failed request (no tokens); ``None``: only in the total."""
+    def record_error(self, model: str | None, *, call: dict[str, Any] | None = None,
+                     status: int | None = None, fault: str | None = None) -> None:
+        """Count one failed request (no tokens); ``None``: only in the total.
+
+        Args:
+            model: The requested model, if the body named one.
+            call: Its call record, if it was logged.
+            status: The status it got (499: the client left before an answer).
+            fault: ``error`` or ``hang`` when the failure was injected.
+        """
         if model is None:
             self._unattributed_errors += 1
         else:
             self._model(model)["errors"] += 1
+        if call is not None:
+            call.update(status=status, fault=fault)
 
     def reset(self) -> None:
-        """Zero every counter."""
+        """Zero every counter and empty the call log (call numbers keep counting)."""
         self._models = {}
+        self._largest = {}
         self._unattributed_errors = 0
+        self._calls.clear()
+
+    def calls(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """Return logged calls numbered above ``since``, oldest first.
+
+        Returns:
+            ``{"calls": [...], "last_seq": n, "dropped": d}``: ``last_seq`` is the number
+            of the newest call (pass it as ``since`` next time); ``dropped`` counts calls
+            above ``since`` that are no longer in the log (it was full, or reset).
+        """
+        kept = [dict(c) for c in self._calls if c["seq"] > since]
+        oldest = self._calls[0]["seq"] if self._calls else self._seq + 1
+        dropped = max(0, oldest - max(since, 0) - 1)
+        return {"calls": kept if limit is None else kept[:limit], "last_seq": self._seq,
+                "dropped": dropped}
 
     def snapshot(self) -> dict[str, Any]:
         """Return the ledger as plain JSON-ready data (totals plus ``models``)."""
-        totals = dict.fromkeys(_MODEL_FIELDS, 0)
+        totals: dict[str, Any] = dict.fromkeys(_MODEL_FIELDS, 0)
         totals["errors"] = self._unattributed_errors
-        models: dict[str, dict[str, int]] = {}
+        models: dict[str, dict[str, Any]] = {}
         for name, counters in self._models.items():
-            models[name] = dict(counters)
+            models[name] = {**counters, "largest_max_tokens": self._largest.get(name)}
             for key, value in counters.items():
                 totals[key] += value
+        totals["largest_max_tokens"] = max(self._largest.values(), default=None)
         return {**totals, "models": models}
-
-
-class FaultSettings(BaseModel):
-    """Fault knobs, as posted to ``POST /faults``; every field is optional.
-
-    Example:
-        >>> FaultSettings(error_rate=0.25, status_code=503, endpoints=["chat"]).active
-        True
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    error_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    status_code: int = Field(500, ge=400, le=599)
-    latency_ms: float = Field(0.0, ge=0.0, le=600_000.0, allow_inf_nan=False)
-    models: list[str] | None = None
-    endpoints: list[Endpoint] | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether the settings change any request at all."""
-        return self.error_rate > 0.0 or self.latency_ms > 0.0
-
-    def matches(self, model: str, endpoint: str) -> bool:
-        """Whether a request for ``model`` on ``endpoint`` is subject to these faults."""
-        return (self.models is None or model in self.models) and (
-            self.endpoints is None or endpoint in self.endpoints
-        )
-
-
-class FaultInjector:
-    """Decides, deterministically, which matching requests fail and how long they wait.
-
-    The k-th matching request (k = 1, 2, ... since the last configure/clear) fails iff
-    ``floor(k * rate) > floor((k - 1) * rate)``: rate 0.5 fails every 2nd request,
-    0.25 every 4th, 1.0 all of them.
-    """
-
-    def __init__(self) -> None:
-        self.settings = FaultSettings()
-        self.matched = 0
-        self.injected = 0
-        self._rate = Fraction(0)
-
-    def configure(self, settings: FaultSettings) -> None:
-        """Replace the settings and restart the request count."""
-        self.settings = settings
-        self.matched = 0
-        self.injected = 0
-        # The rate as the decimal the user wrote (0.57 -> 57/100), so floor(k * rate)
-        # is exact: in floats 0.57 * 100 is 56.99999999999999 and request 100 would pass.
-        self._rate = Fraction(repr(settings.error_rate))
-
-    def clear(self) -> None:
-        """Remove every fault."""
-        self.configure(FaultSettings())
-
-    def decide(self, model: str, endpoint: str) -> tuple[bool, float]:
-        """Return ``(fail, delay_seconds)`` for one request and count it."""
-        s = self.settings
-        if not s.active or not s.matches(model, endpoint):
-            return False, 0.0
-        self.matched += 1
-        k, rate = self.matched, self._rate
-        fail = (k * rate.numerator) // rate.denominator > (
-            (k - 1) * rate.numerator
-        ) // rate.denominator
-        if fail:
-            self.injected += 1
-        return fail, s.latency_ms / 1000.0
-
-    def describe(self) -> dict[str, Any]:
-        """Return the settings plus ``active``, ``matched`` and ``injected`` counters."""
-        return {
-            **self.settings.model_dump(),
-            "active": self.settings.active,
-            "matched": self.matched,
-            "injected": self.injected,
-        }
 
 
 class StubMetrics:
