@@ -339,7 +339,8 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str]) -> StackSpe
         name="llm", role=ROLE_LLM, image=_image(config, "llm"),
         command=("${python}", "-m", "uvicorn", "agentverify.llm_stub.app:app",
                  "--host", "${bind}", "--port", "${port:http}", "--no-access-log",
-                 "--log-level", "warning"),
+                 # a request held by a `hang` fault must not hold teardown for minutes
+                 "--timeout-graceful-shutdown", "2", "--log-level", "warning"),
         ports=(Port("http", 8080),),
         env={"LLM_STUB_API_KEYS": ",".join(api_keys.values())},
         secret_env=frozenset({"LLM_STUB_API_KEYS"}),
