@@ -14,7 +14,8 @@ made checkable. One archive holds everything, and a manifest that says what it h
 Milvus is exported through pymilvus (``query_iterator``), not by copying its files, so
 the same code backs up a real Milvus and Milvus Lite. Redis is copied as the RDB file
 from the service's data directory (``backend.volume_path``: a host path on every
-backend) and restored by stopping Redis, putting the file in place and starting it.
+backend) and restored through :meth:`~agentverify.stack.stack.Stack.replace_data`
+(Redis stopped, the file put in place, Redis started on the same ports, ready).
 
 Restoring is verify-first: :func:`open_backup` reads the whole archive (gzip CRC, tar
 structure, every member's size and sha256 against the manifest, nothing extra, a

@@ -4,7 +4,7 @@ What is here: :func:`snapshot_redis` (every key of every database with its type,
 digest of its value and its PTTL, as :class:`KeyRecord` values in a
 :class:`RedisSnapshot`), :func:`backup_redis` (``SAVE``, the RDB file copied from the
 service's data directory, ``redis/keys.jsonl``), :func:`restore_redis` (the RDB file put
-in place while Redis is down, then waited on until loaded) and :func:`compare_redis`
+in place by ``Stack.replace_data``, then waited on until loaded) and :func:`compare_redis`
 (keys, values and TTLs of a restored Redis against the archive).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -249,7 +248,8 @@ def _wait_redis_loaded(url: str, timeout: float) -> None:
 
 def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,
                   say: Callable[[str], None]) -> None:
-    """Stop Redis, put the RDB file into its data directory, start it, wait loaded."""
+    """Replace Redis' data with the archived RDB file (see ``Stack.replace_data``), then
+    wait until it has loaded it."""
     import redis
 
     handle = stack.service(name)
@@ -263,24 +263,18 @@ def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,
                     f"RDB file; restore with AOF off, then re-enable it")
     except redis.RedisError as exc:
         raise BackupRestoreError(f"Redis at {url}: {exc}") from exc
-    data_dir = Path(stack.backend.volume_path(handle))
     say(f"  redis: stopping {handle.name}, placing dump.rdb into its data directory")
-    stack.backend.stop(handle)
-    target = data_dir / dbfilename
-    tmp = data_dir / f".{dbfilename}.restore"
+
+    def populate(data_dir: Path) -> None:
+        shutil.copyfile(backup.dir / "redis" / "dump.rdb", data_dir / dbfilename)
+
     try:
-        shutil.copyfile(backup.dir / "redis" / "dump.rdb", tmp)
-        os.chmod(tmp, 0o644)  # a container's redis user must be able to read it
-        os.replace(tmp, target)
+        restored = stack.replace_data(name, populate, timeout=timeout)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        stack.restart(name)  # back on its old data rather than left stopped
         raise BackupRestoreError(
-            f"cannot place the RDB file into {data_dir} ({exc.strerror or exc}); redis "
+            f"cannot place the RDB file into the data directory of {name} ({exc}); redis "
             f"was restarted on its previous data") from exc
-    stack.restart(name)
-    _wait_redis_loaded(stack.service(name).url(), timeout)
+    _wait_redis_loaded(restored.url(), timeout)
 
 
 def _key_label(record: KeyRecord) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -630,6 +632,74 @@ class Stack:
             self._state.started = [h for h in self._state.started if h is not old] + [handle]
         if handle.spec.health is not None:
             handle.spec.health.wait_until_ready(handle)
+        self.progress(ProgressEvent(handle.name, "ready"))
+        return handle
+
+    def replace_data(self, name: str, populate: Callable[[Path], None], *,
+                     timeout: float | None = None) -> Handle:
+        """Replace a service's data: stop it, let ``populate`` fill an empty data
+        directory, start it again on the same ports and wait until it is ready.
+
+        While it is down the service is not serving (:meth:`service` raises for it).
+        The previous data is kept aside until ``populate`` returns; if anything before
+        the new start fails, it is put back, the service starts on it again and the
+        error propagates. The data directory is a host path on every backend; what
+        ``populate`` writes is made readable by everyone, so a container's user reads it.
+
+        Args:
+            name: a running non-agent service (e.g. ``redis``).
+            populate: writes the new data into the (empty) directory it is given.
+            timeout: readiness deadline in seconds (default: the service's own).
+
+        Returns:
+            The new serving instance.
+
+        Raises:
+            StackError: ``name`` is not running, or did not become ready again.
+
+        Example:
+            >>> stack.replace_data("redis", lambda d: shutil.copy(rdb, d / "dump.rdb"))  # doctest: +SKIP
+        """
+        old = self.service(name)
+        peers = self._peers()
+        data = Path(self.backend.volume_path(old))
+        aside = data.with_name(f".{data.name}.replaced")
+        with self._lock:
+            self._state.services.pop(name, None)
+        self.progress(ProgressEvent(old.name, "stopping", detail="replace data"))
+        self.backend.stop(old)
+        try:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(data, aside)
+            data.mkdir()
+            data.chmod(aside.stat().st_mode & 0o7777)
+            populate(data)
+            for path in [data, *data.rglob("*")]:
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        except BaseException:
+            if aside.exists():  # back on its previous data rather than left stopped
+                shutil.rmtree(data, ignore_errors=True)
+                os.replace(aside, data)
+            self._start_again(name, old, peers, timeout)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        return self._start_again(name, old, peers, timeout)
+
+    def _start_again(self, name: str, old: Handle, peers: Mapping[str, Handle],
+                     timeout: float | None) -> Handle:
+        """``old`` (stopped) started again on its ports; serving once it is ready."""
+        handle = self.backend.restart(old, peers=peers)
+        with self._lock:
+            self._state.started = [h for h in self._state.started if h is not old] + [handle]
+        if handle.spec.health is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                handle.spec.health.wait_until_ready(handle, deadline=deadline)
+            except StackError as exc:
+                self.progress(ProgressEvent(handle.name, "failed", detail=str(exc).splitlines()[0]))
+                raise type(exc)(self.redactor(str(exc))) from None
+        with self._lock:
+            self._state.services[name] = handle
         self.progress(ProgressEvent(handle.name, "ready"))
         return handle
 
