@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from agentverify.cli import main
+from agentverify.compose import compose_spec, render_compose, render_compose_files
 from agentverify.config import Config, load_config
-from agentverify.stack.compose import compose_spec, render_compose, render_compose_files
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"

@@ -419,7 +419,7 @@ class DockerBackend:
             self._pull(image)
             found = self.client.images.get(image)
         if image.startswith("agentverify/"):
-            from agentverify.stack.images import stale_source_reason
+            from agentverify.images import stale_source_reason
 
             # a green run on code older than the checkout would be a lie
             stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {})

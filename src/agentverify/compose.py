@@ -21,6 +21,8 @@ nginx resolves ``agent`` when it (re)loads, so after scaling run
 ``docker-compose exec lb nginx -p /agentverify/data -c /agentverify/conf/nginx.conf -s
 reload`` (the seed's "switch traffic" step).
 
+The command (``agentverify compose``) is in :mod:`agentverify.cli`.
+
 Example:
     >>> files = render_compose_files(compose_spec(config), config)  # doctest: +SKIP
     >>> sorted(files)[:2]                                           # doctest: +SKIP
@@ -29,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from pathlib import Path
@@ -50,9 +51,8 @@ from agentverify.stack.spec import (
     render_template,
 )
 
-__all__ = ["COMPOSE_VERSION", "NETWORK", "add_compose_cli", "api_key_references",
-           "cmd_compose", "compose_spec", "render_compose", "render_compose_files",
-           "write_compose"]
+__all__ = ["COMPOSE_VERSION", "DEFAULT_OUTPUT", "NETWORK", "api_key_references", "compose_spec",
+           "render_compose", "render_compose_files", "write_compose"]
 
 COMPOSE_VERSION = "3.8"
 NETWORK = "ai-agent-network"
@@ -310,30 +310,4 @@ def write_compose(config: Config, output: str | os.PathLike[str] = DEFAULT_OUTPU
         os.replace(tmp, path)
         written.append(path)
     return written
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def add_compose_cli(subparsers: Any) -> None:
-    """Register ``agentverify compose`` on the CLI's sub-parsers."""
-    p = subparsers.add_parser(
-        "compose", help="render the stack as docker-compose.yml (+ its config files)",
-        description="Render the seed's stack for users who deploy with docker-compose.")
-    p.add_argument("--env", default="production",
-                   help="environment overlay to render (default: production)")
-    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
-    p.add_argument("--output", default=DEFAULT_OUTPUT,
-                   help=f"compose file to write; config files go next to it "
-                        f"(default: {DEFAULT_OUTPUT})")
-
-
-def cmd_compose(args: argparse.Namespace) -> int:
-    from agentverify.config import load_config
-
-    config = load_config(args.config, args.env, environ={})
-    written = write_compose(config, args.output)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
 
