@@ -40,7 +40,7 @@ import yaml
 
 from agentverify.config import Config
 from agentverify.errors import StackError
-from agentverify.stack.docker import CONF_DIR, DATA_DIR, container_resolver
+from agentverify.stack.placeholders import CONF_DIR, DATA_DIR, container_resolver, render_template
 from agentverify.stack.spec import (
     ROLE_AGENT,
     ROLE_LB,
@@ -48,7 +48,6 @@ from agentverify.stack.spec import (
     ServiceSpec,
     StackSpec,
     build_stack_spec,
-    render_template,
 )
 
 __all__ = ["COMPOSE_VERSION", "DEFAULT_OUTPUT", "NETWORK", "api_key_references", "compose_spec",
