@@ -3,7 +3,8 @@
 ``agentverify compose --env production`` writes ``compose/docker-compose.yml`` (format
 "3.8", as in the seed) and, next to it, every config file the services mount:
 ``prometheus.yml``, ``alert_rules.yml``, ``alertmanager.yml``, ``nginx.conf`` +
-``upstream.conf``, ``agent-config.yaml`` and Grafana's provisioning. The rendering is
+``upstream.conf``, ``agent-config.yaml``, Grafana's provisioning and its dashboard
+``grafana/agent.json`` (a copy of the one the package ships). The rendering is
 the same :class:`~agentverify.stack.spec.StackSpec` the backends run, with placeholders
 resolved the compose way: peers by their service DNS name on ``ai-agent-network`` and
 their container port, files mounted at ``/agentverify/conf``, data in named volumes
@@ -256,6 +257,9 @@ def _prometheus_yml(spec: StackSpec, config: Config) -> str:
 
 
 def _grafana_files() -> dict[str, str]:
+    """Grafana's provisioning, and the dashboard: the package's copy is the one source."""
+    from agentverify.monitoring.dashboard import dashboard_path
+
     datasource = {"apiVersion": 1, "datasources": [
         {"name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
          "url": "http://prometheus:9090", "isDefault": True}]}
@@ -268,6 +272,7 @@ def _grafana_files() -> dict[str, str]:
             head + yaml.safe_dump(datasource, sort_keys=False),
         "grafana/provisioning/dashboards/agentverify.yml":
             head + yaml.safe_dump(dashboards, sort_keys=False),
+        "grafana/agent.json": dashboard_path().read_text(encoding="utf-8"),
     }
 
 
