@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -663,26 +664,38 @@ class Stack:
         old = self.service(name)
         peers = self._peers()
         data = Path(self.backend.volume_path(old))
-        aside = data.with_name(f".{data.name}.replaced")
         with self._lock:
             self._state.services.pop(name, None)
         self.progress(ProgressEvent(old.name, "stopping", detail="replace data"))
         self.backend.stop(old)
+
+        def set_aside(directory: Path) -> Path:
+            # renames only: a container's root-owned files need no deleting to move
+            aside = Path(tempfile.mkdtemp(prefix=f".{data.name}.", dir=data.parent))
+            try:
+                os.replace(directory, aside)
+            except OSError:
+                aside.rmdir()
+                raise
+            return aside
+
+        previous: Path | None = None
         try:
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(data, aside)
+            previous = set_aside(data)
             data.mkdir()
-            data.chmod(aside.stat().st_mode & 0o7777)
+            data.chmod(previous.stat().st_mode & 0o7777)
             populate(data)
             for path in [data, *data.rglob("*")]:
                 path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
         except BaseException:
-            if aside.exists():  # back on its previous data rather than left stopped
-                shutil.rmtree(data, ignore_errors=True)
-                os.replace(aside, data)
+            if previous is not None:  # back on its previous data rather than left stopped
+                failed = set_aside(data) if data.exists() else None
+                os.replace(previous, data)
+                if failed is not None:
+                    shutil.rmtree(failed, ignore_errors=True)
             self._start_again(name, old, peers, timeout)
             raise
-        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
         return self._start_again(name, old, peers, timeout)
 
     def _start_again(self, name: str, old: Handle, peers: Mapping[str, Handle],
