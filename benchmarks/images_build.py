@@ -15,7 +15,7 @@ import time
 
 from agentverify.config import load_config
 from agentverify.errors import AgentVerifyError
-from agentverify.stack.images import build_images
+from agentverify.images import build_images
 
 
 def main() -> int:

@@ -98,21 +98,15 @@ def raw_docker_run(env: str) -> float:
     import docker
 
     from agentverify.secrets import resolve_api_keys
-    from agentverify.stack.docker import (
+    from agentverify.stack.docker import aliases_for, resource_kwargs
+    from agentverify.stack.placeholders import (
         CONF_DIR,
         DATA_DIR,
-        aliases_for,
         container_resolver,
-        resource_kwargs,
-    )
-    from agentverify.stack.runstate import RunContext
-    from agentverify.stack.spec import (
-        ROLE_AGENT,
-        ROLE_LB,
-        ROLE_METRICS,
-        build_stack_spec,
         render_template,
     )
+    from agentverify.stack.runstate import RunContext
+    from agentverify.stack.spec import ROLE_AGENT, ROLE_LB, ROLE_METRICS, build_stack_spec
     from agentverify.traffic import upstream_conf
 
     config = load_config(REPO / "agentverify.yaml", env)

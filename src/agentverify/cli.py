@@ -4,6 +4,8 @@
     agentverify run    --env staging [PATHS]         the bundled gate, reports in reports/
     agentverify config --env staging                 validate and show the resolved config
     agentverify reap                                 remove what killed runs left behind
+    agentverify compose --env production             the stack as docker-compose.yml (+ files)
+    agentverify images build|list                    the stack's images, built without a registry
 
 Exit codes: 0 success, 1 a gate failed, 2 bad input (config, scenario, arguments),
 3 the stack could not be brought up, 130 interrupted.
@@ -46,12 +48,43 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="validate the config and print the resolved values")
     add_cli_options(cfg, "config")
     sub.add_parser("reap", help="stop processes/containers left by killed runs")
-    from agentverify.stack.compose import add_compose_cli
-    from agentverify.stack.images import add_images_cli
-
-    add_compose_cli(sub)
-    add_images_cli(sub)
+    _add_compose_cli(sub)
+    _add_images_cli(sub)
     return parser
+
+
+def _add_compose_cli(sub: Any) -> None:
+    from agentverify.compose import DEFAULT_OUTPUT
+
+    p = sub.add_parser(
+        "compose", help="render the stack as docker-compose.yml (+ its config files)",
+        description="Render the seed's stack for users who deploy with docker-compose.")
+    p.add_argument("--env", default="production",
+                   help="environment overlay to render (default: production)")
+    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT,
+                   help=f"compose file to write; config files go next to it "
+                        f"(default: {DEFAULT_OUTPUT})")
+
+
+def _add_images_cli(sub: Any) -> None:
+    images = sub.add_parser(
+        "images", help="build the stack's container images without a registry; list them",
+        description="Build every image the docker backend needs with no container "
+                    "registry (debootstrap + docker import + a local wheelhouse), or list them.")
+    actions = images.add_subparsers(dest="images_action", required=True, metavar="ACTION")
+    build = actions.add_parser("build", help="build what is missing or out of date; tag the roles")
+    listing = actions.add_parser("list", help="show each role's image and whether it exists")
+    for p in (build, listing):
+        p.add_argument("--env", help="environment overlay to use (default: from config)")
+        p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set stack.images.redis=redis:7")
+    build.add_argument("--rebuild", action="store_true",
+                       help="rebuild the base and runtime images even when their tags exist")
+    build.add_argument("--project-dir",
+                       help="agentverify source tree to build the wheel from "
+                            "(default: the one this agentverify runs from)")
 
 
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -234,16 +267,59 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_compose(args: argparse.Namespace) -> int:
-    from agentverify.stack.compose import cmd_compose as render
+# ------------------------------------------------------------------------------ compose, images
 
-    return render(args)
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from agentverify.compose import write_compose
+    from agentverify.config import load_config
+
+    config = load_config(args.config, args.env, environ={})
+    written = write_compose(config, args.output)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from agentverify.stack.images import cmd_images as images
+    """``agentverify images build|list``: 0 ok, 2 usage / missing tool (one line), 3 failure."""
+    from agentverify.config import load_config, parse_override
+    from agentverify.errors import BackendUnavailable
+    from agentverify.images import build_images
 
-    return images(args)
+    try:
+        overrides = dict(parse_override(item) for item in getattr(args, "set", []) or [])
+        config = load_config(getattr(args, "config", None), getattr(args, "env", None),
+                             overrides=overrides)
+        if args.images_action == "list":
+            return _list_images(config)
+        report = build_images(config, progress=_say, rebuild=getattr(args, "rebuild", False),
+                              project_dir=getattr(args, "project_dir", None))
+        if report.missing and not config.stack.pull:
+            print(f"agentverify: error: missing image(s) {', '.join(report.missing)}: "
+                  "pull them yourself or set stack.pull: true", file=sys.stderr)
+            return 2
+        return 0
+    except (UsageError, BackendUnavailable) as exc:
+        print(f"agentverify: error: {exc}", file=sys.stderr)
+        return 2
+    except AgentVerifyError as exc:
+        print(f"agentverify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+
+
+def _list_images(config: Any) -> int:
+    from agentverify.images import list_images
+
+    rows = list_images(config)
+    width = max(len(label) for label, _, _ in rows)
+    for label, name, state in rows:
+        print(f"{label:<{width}}  {name:<32}  {state}")
+    return 0
 
 
 COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap,

@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_tokens",
     "counter_increase",
     "format_usd",
+    "settled_ledger",
 ]
 
 #: the token kinds both the ledger and ``token_usage_total{kind}`` count
@@ -258,3 +260,23 @@ def check_tokens(ledger: Mapping[str, int], metric: Mapping[str, float],
             off.append(f"total metric {sum(met.values()):,} vs ledger {sum(led.values()):,}")
         message = "token_usage_total is off: " + "; ".join(off)
     return TokenCheck(led, met, round(worst, 6), agree, message)
+
+
+def settled_ledger(read: Callable[[], dict[str, Any]], *, timeout: float = 5.0,
+                   gap: float = 0.3) -> dict[str, Any]:
+    """The ledger ``read()`` returns once two readings ``gap`` seconds apart agree
+    (answers in flight have landed), or the last reading after ``timeout`` seconds.
+
+    Example:
+        >>> settled_ledger(lambda: {"models": {}}, gap=0.0)
+        {'models': {}}
+    """
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(gap)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last

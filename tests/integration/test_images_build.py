@@ -17,13 +17,8 @@ import pytest
 
 from agentverify.config import Config, load_config
 from agentverify.errors import BackendUnavailable
-from agentverify.stack.images import (
-    _SOURCE_TOP,
-    build_images,
-    configured_images,
-    ensure_images,
-    images_present,
-)
+from agentverify.images import build_images, configured_images, ensure_images, images_present
+from agentverify.images.wheels import _SOURCE_TOP
 from agentverify.stack.spec import DEFAULT_IMAGES
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
@@ -36,7 +31,7 @@ RUN_LABEL = f"test-images-{uuid.uuid4().hex[:8]}"
 def project_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A frozen copy of the sources: edits made by others during the test must not turn
     the 'nothing changed' build into a rebuild."""
-    from agentverify.stack.images import source_hash
+    from agentverify.images import source_hash
 
     snap = tmp_path_factory.mktemp("project")
     # every file the source hash covers: the role tags this build moves must still

@@ -21,17 +21,8 @@ import pytest
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import Snapshot
-from agentverify.load.steps import (
-    LOAD_FACTS,
-    CacheCostParams,
-    LoadParams,
-    MaxTokensParams,
-    RateLimitParams,
-    cache_cost,
-    load,
-    max_tokens,
-    rate_limit,
-)
+from agentverify.load.steps import LOAD_FACTS, CacheCostParams, LoadParams, cache_cost, load
+from agentverify.scenarios.cost_controls import MaxTokensParams, RateLimitParams, max_tokens, rate_limit
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.runner import ScenarioContext
 

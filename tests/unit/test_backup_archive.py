@@ -20,15 +20,15 @@ from agentverify.backup import (
     MANIFEST,
     TAMPER_MODES,
     KeyRecord,
-    _archive_path,
-    _close,
-    _digest,
-    _search_differs,
     open_backup,
     read_archive,
     tamper,
     write_archive,
 )
+from agentverify.backup.comparison import values_close
+from agentverify.backup.milvus import _search_differs
+from agentverify.backup.operations import _archive_path
+from agentverify.backup.redis import _digest
 from agentverify.errors import BackupRestoreError, ScenarioError
 
 ENTITIES = "milvus/agent_knowledge/entities.jsonl"
@@ -270,11 +270,11 @@ def test_key_record_round_trips_binary_keys() -> None:
 
 
 def test_vectors_compare_within_tolerance() -> None:
-    assert _close({"id": 1, "v": [0.1, 0.2]}, {"id": 1, "v": [0.1 + 1e-9, 0.2]}, 1e-6)
-    assert not _close({"id": 1, "v": [0.1, 0.2]}, {"id": 1, "v": [0.1, 0.21]}, 1e-6)
-    assert not _close({"id": 1, "t": "a"}, {"id": 1, "t": "b"}, 1e-6)
-    assert not _close({"id": 1}, {"id": 1, "extra": 2}, 1e-6)
-    assert not _close(True, 1.0, 1e-6)
+    assert values_close({"id": 1, "v": [0.1, 0.2]}, {"id": 1, "v": [0.1 + 1e-9, 0.2]}, 1e-6)
+    assert not values_close({"id": 1, "v": [0.1, 0.2]}, {"id": 1, "v": [0.1, 0.21]}, 1e-6)
+    assert not values_close({"id": 1, "t": "a"}, {"id": 1, "t": "b"}, 1e-6)
+    assert not values_close({"id": 1}, {"id": 1, "extra": 2}, 1e-6)
+    assert not values_close(True, 1.0, 1e-6)
 
 
 def hits(*pairs: tuple[int, float]) -> list[dict[str, float]]:

@@ -14,7 +14,6 @@ from agentverify.errors import ConfigError
 from agentverify.monitoring.dashboard import (
     DashboardCheck,
     PanelResult,
-    dashboard_path,
     load_dashboard,
     substitute_variables,
 )
@@ -28,13 +27,6 @@ SEED_TITLES = ["Request Rate", "Latency", "Error Rate", "Token Usage"]
 
 
 # -- the shipped dashboard ----------------------------------------------------------
-
-
-def test_packaged_dashboard_is_identical_to_compose_copy():
-    # Two copies exist (compose/ for docker-compose users, the package for pip users);
-    # this keeps them from drifting apart.
-    assert dashboard_path().is_file()
-    assert dashboard_path().read_bytes() == COMPOSE_DASHBOARD.read_bytes()
 
 
 def test_shipped_dashboard_has_the_seed_panels():

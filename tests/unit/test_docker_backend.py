@@ -24,14 +24,14 @@ from agentverify.stack.docker import (
     DockerState,
     aliases_for,
     container_name,
-    container_resolver,
     cpu_shares,
     memory_bytes,
     nano_cpus,
     resource_kwargs,
 )
+from agentverify.stack.placeholders import container_resolver, render_template
 from agentverify.stack.runstate import InstanceDirs
-from agentverify.stack.spec import StackSpec, build_stack_spec, render_template
+from agentverify.stack.spec import StackSpec, build_stack_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,24 +9,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agentverify import cli
+from agentverify.cli import cmd_images
 from agentverify.config import load_config
 from agentverify.errors import BackendUnavailable, StackError
-from agentverify.stack import images
-from agentverify.stack.images import (
+from agentverify.images import (
     BASE_PACKAGES,
     DebianMirror,
-    add_images_cli,
     base_image_tag,
     build_images,
-    cmd_images,
     configured_images,
+    ensure_images,
     find_debian_mirror,
+    images_present,
     parse_deb822_sources,
     parse_sources_list,
     render_dockerfile,
@@ -34,9 +37,12 @@ from agentverify.stack.images import (
     runtime_content_hash,
     runtime_requirements,
     source_hash,
+    stages,
     target_environment,
     unsatisfied_requirements,
 )
+from agentverify.images import build as images_build
+from agentverify.images.engine import Engine
 
 DEB822 = """\
 # a deb-src entry first: must be ignored
@@ -286,9 +292,9 @@ def test_python_version_is_read_from_dpkg_status() -> None:
     status = ("Package: python3\nStatus: install ok installed\nVersion: 3.11.2-1+b1\n\n"
               "Package: python3.11-minimal\nStatus: install ok installed\n"
               "Version: 3.11.2-6+deb12u8\n")
-    assert images._python_version_from_dpkg_status(status) == "3.11.2"
+    assert stages._python_version_from_dpkg_status(status) == "3.11.2"
     with pytest.raises(StackError):
-        images._python_version_from_dpkg_status("Package: bash\nVersion: 5.2\n")
+        stages._python_version_from_dpkg_status("Package: bash\nVersion: 5.2\n")
 
 
 # ------------------------------------------------------------------------ configuration
@@ -311,7 +317,7 @@ def test_configured_images_defaults_overrides_and_version_images(
 
 
 class FakeEngine:
-    """In-memory stand-in for images._Engine: name -> image id."""
+    """In-memory stand-in for images.engine.Engine: name -> image id."""
 
     def __init__(self, present: dict[str, str] | None = None, labels: dict[str, Any] | None = None):
         self.images = dict(present or {})
@@ -377,7 +383,7 @@ def test_nothing_changed_builds_nothing(tmp_path: Path, cache: Path,
     engine = FakeEngine({base: "sha256:base", runtime: "sha256:rt",
                          "agentverify/redis:local": "sha256:old"},
                         labels={base: {"agentverify.python": "3.11.2"}})
-    monkeypatch.setattr(images._Engine, "connect", classmethod(lambda cls: engine))
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: engine))
     monkeypatch.chdir(tmp_path)
     cfg = load_config(environ={}, overrides={"stack.images.lb": "nginx:1.25"})
     lines: list[str] = []
@@ -397,39 +403,37 @@ def test_nothing_changed_builds_nothing(tmp_path: Path, cache: Path,
     assert again.built == [] and again.tagged == []
     assert len(again.present) == 3
     with pytest.raises(BackendUnavailable, match="stack.pull: true"):
-        images.ensure_images(cfg, progress=lambda line: None, project_dir=project)
+        ensure_images(cfg, progress=lambda line: None, project_dir=project)
     cfg_pull = load_config(environ={}, overrides={"stack.images.lb": "nginx:1.25",
                                                   "stack.pull": True})
-    roles = images.ensure_images(cfg_pull, progress=lambda line: None, project_dir=project)
+    roles = ensure_images(cfg_pull, progress=lambda line: None, project_dir=project)
     assert roles["milvus"] == "sha256:rt" and "lb" not in roles
 
 
 def test_user_images_only_are_checked_not_built(tmp_path: Path, cache: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     engine = FakeEngine({"redis:7": "sha256:r"})
-    monkeypatch.setattr(images._Engine, "connect", classmethod(lambda cls: engine))
-    monkeypatch.setattr(images, "configured_images", lambda cfg: {"redis": "redis:7"})
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: engine))
+    monkeypatch.setattr(images_build, "configured_images", lambda cfg: {"redis": "redis:7"})
     monkeypatch.chdir(tmp_path)
     lines: list[str] = []
     report = build_images(load_config(environ={}), progress=lines.append)
     assert report.roles == {"redis": "sha256:r"} and report.built == []
     assert "image redis:7 (stack.images.redis): present" in lines
-    assert images.images_present(load_config(environ={})) == []
+    assert images_present(load_config(environ={})) == []
 
 
 # ----------------------------------------------------------------- one-line CLI errors
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="agentverify")
-    add_images_cli(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(list(argv))
+    return cli._parser().parse_args(list(argv))
 
 
 def test_cli_registers_build_and_list() -> None:
     args = _args("images", "build", "--rebuild", "--set", "stack.pull=true", "--env", "dev")
     assert args.command == "images" and args.images_action == "build" and args.rebuild
-    assert args.handler is cmd_images
+    assert cli.COMMANDS[args.command] is cmd_images
     assert _args("images", "list").images_action == "list"
     with pytest.raises(SystemExit):
         _args("images")
@@ -447,13 +451,13 @@ def test_missing_docker_engine_is_one_line_exit_2(
     monkeypatch.setattr(docker, "from_env", refuse)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(images.shutil, "which", lambda *a, **k: "/usr/sbin/dockerd")
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: "/usr/sbin/dockerd")
     assert cmd_images(_args("images", "build")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "start the Docker engine: dockerd" in err
 
-    monkeypatch.setattr(images.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     assert cmd_images(_args("images", "list")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
@@ -463,8 +467,8 @@ def test_missing_docker_engine_is_one_line_exit_2(
 def test_missing_debootstrap_is_one_line_exit_2(
         tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(images._Engine, "connect", classmethod(lambda cls: FakeEngine()))
-    monkeypatch.setattr(images.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: FakeEngine()))
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     project = _project(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert cmd_images(_args("images", "build", "--project-dir", str(project))) == 2
@@ -474,16 +478,16 @@ def test_missing_debootstrap_is_one_line_exit_2(
 
 
 def test_not_root_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images.shutil, "which", lambda *a, **k: "/usr/sbin/debootstrap")
-    monkeypatch.setattr(images.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: "/usr/sbin/debootstrap")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(BackendUnavailable, match=r"debootstrap needs root"):
-        images._require_debootstrap()
+        stages._require_debootstrap()
 
 
 def test_bad_project_dir_and_bad_config_are_usage_errors(
         tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(images._Engine, "connect", classmethod(lambda cls: FakeEngine()))
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: FakeEngine()))
     monkeypatch.chdir(tmp_path)
     assert cmd_images(_args("images", "build", "--project-dir", str(tmp_path / "nope"))) == 2
     assert "expected the agentverify source tree" in capsys.readouterr().err
@@ -498,15 +502,15 @@ def test_a_failed_step_is_exit_3_with_the_cause(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise StackError("debootstrap bookworm exited 1")
 
-    monkeypatch.setattr(images._Engine, "connect", classmethod(lambda cls: FakeEngine()))
-    monkeypatch.setattr(images, "_ensure_base", broken)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: FakeEngine()))
+    monkeypatch.setattr(images_build, "ensure_base", broken)
     monkeypatch.chdir(tmp_path)
     assert cmd_images(_args("images", "build", "--project-dir", str(_project(tmp_path)))) == 3
     assert "StackError: debootstrap bookworm exited 1" in capsys.readouterr().err
 
 
 def test_an_image_built_from_other_sources_is_called_stale() -> None:
-    from agentverify.stack.images import SOURCE_LABEL, source_hash, stale_source_reason
+    from agentverify.images import SOURCE_LABEL, source_hash, stale_source_reason
 
     here = source_hash(Path(__file__).resolve().parents[2])
     assert stale_source_reason({}) is None  # an image that records nothing is not judged

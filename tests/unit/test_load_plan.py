@@ -110,6 +110,7 @@ def test_nothing_but_the_child_imports_locust() -> None:
             "import agentverify.load, agentverify.load.driver, agentverify.load.stats\n"
             "import agentverify.load.plan, agentverify.load.shapes, agentverify.load.steps\n"
             "import agentverify.cost, agentverify.plugin, agentverify.scenarios.runner\n"
+            "import agentverify.scenarios.cost_controls, agentverify.monitoring.counters\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent'))\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

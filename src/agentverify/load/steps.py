@@ -1,4 +1,4 @@
-"""Load rehearsal steps: load with SLO and cost gates, and the agent's cost controls.
+"""Load rehearsal steps: Locust load with SLO and cost gates, and cache cost.
 
 ===============  ===========================================================================
 ``load``         Locust load through the load balancer (child process; ``workers: N`` for
@@ -8,13 +8,11 @@
                  when the budget is spent
 ``cache_cost``   two short loads at a low and a high repeat ratio: cost per request falls
                  as the cache hit ratio rises, and a cache hit makes no LLM call
-``max_tokens``   fresh questions: no completion is longer than ``model.max_tokens``, and
-                 the usage the agent reports is what the LLM ledger billed
-``rate_limit``   sets a per-client limit on the fleet (``POST /admin/rate-limit``, shared
-                 through Redis), bursts one client through the load balancer: beyond the
-                 rate it answers 429 with ``Retry-After``, another client is not limited;
-                 the previous setting is restored afterwards
 ===============  ===========================================================================
+
+The agent's cost controls (``max_tokens``, ``rate_limit``) are checked without Locust, in
+:mod:`agentverify.scenarios.cost_controls`; the Prometheus counters are read by
+:mod:`agentverify.monitoring.counters`.
 
 Gates that come from the config rather than the scenario file are counted into
 ``slo_violations`` (``slo.*`` of the environment) and ``cost_violations``
@@ -26,13 +24,11 @@ own objectives.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import Field
 
 from agentverify.cost import (
@@ -42,20 +38,21 @@ from agentverify.cost import (
     check_tokens,
     counter_increase,
     format_usd,
+    settled_ledger,
 )
 from agentverify.errors import ScenarioError
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import SLOAbort, slo_breaches
+from agentverify.monitoring.counters import read_metrics
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import load_prompts
 from agentverify.seed import Objectives
 
-__all__ = ["LoadParams", "MetricReading", "plan_from_config", "read_metrics"]
+if TYPE_CHECKING:
+    from agentverify.scenarios.runner import ScenarioContext
 
-TOKEN_METRIC = "token_usage_total"
-CACHE_METRIC = "cache_requests_total"
-COST_METRIC = "llm_cost_usd_total"
+__all__ = ["LoadParams", "plan_from_config"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,7 +80,7 @@ class LoadParams(StepParams):
     metrics_timeout_s: float = Field(20.0, gt=0)
 
 
-def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan:
+def plan_from_config(ctx: ScenarioContext, params: LoadParams, **overrides: Any) -> LoadPlan:
     """The :class:`LoadPlan` of a step: params over the config's ``load:`` section.
 
     Raises:
@@ -122,57 +119,14 @@ def plan_from_config(ctx: Any, params: LoadParams, **overrides: Any) -> LoadPlan
         raise ScenarioError(f"load: {exc}") from None
 
 
-def _log_path(ctx: Any, name: str) -> Path | None:
+def _log_path(ctx: ScenarioContext, name: str) -> Path | None:
     report_dir = getattr(ctx, "report_dir", None)
     if report_dir is None:
         return None
     return Path(report_dir) / "load" / f"{name}-{time.strftime('%H%M%S')}.log"
 
 
-def _settled_ledger(ctx: Any, timeout: float = 5.0, gap: float = 0.3) -> dict[str, Any]:
-    """The ledger once two readings ``gap`` apart agree (answers in flight have landed)."""
-    deadline = time.monotonic() + timeout
-    last = ctx.ledger()
-    while time.monotonic() < deadline:
-        time.sleep(gap)
-        now = ctx.ledger()
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-class MetricReading:
-    """The agent's counters as Prometheus holds them after a scrape that began at or
-    after ``since`` on every replica (``scraped`` is False when that never came)."""
-
-    def __init__(self, tokens: list[tuple[dict[str, str], float]],
-                 cache: list[tuple[dict[str, str], float]],
-                 cost: list[tuple[dict[str, str], float]], scraped: bool) -> None:
-        self.tokens, self.cache, self.cost, self.scraped = tokens, cache, cost, scraped
-
-
-def read_metrics(prometheus: Any, since: float, timeout: float) -> MetricReading:
-    """Wait for a scrape of every agent replica newer than ``since``, then read the
-    token, cache and cost counters (one instant query each)."""
-    deadline = time.monotonic() + timeout
-    scraped = False
-    while True:
-        samples = prometheus.query(f"min(timestamp({TOKEN_METRIC}))")
-        if samples and samples[0].value >= since:
-            scraped = True
-            break
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
-
-    def read(metric: str) -> list[tuple[dict[str, str], float]]:
-        return [(s.labels, s.value) for s in prometheus.query(metric)]
-
-    return MetricReading(read(TOKEN_METRIC), read(CACHE_METRIC), read(COST_METRIC), scraped)
-
-
-def _ledger_cost(ctx: Any, prices: PriceTable, before: dict[str, Any]) -> float:
+def _ledger_cost(ctx: ScenarioContext, prices: PriceTable, before: dict[str, Any]) -> float:
     return prices.cost(LedgerDelta.between(before, ctx.ledger())).total_usd
 
 
@@ -212,7 +166,7 @@ def cost_violations(cost_cfg: Any, *, cost_usd: float, per_request: float | None
 
 
 @step("load", params=LoadParams, facts=LOAD_FACTS)
-def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
+def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
     """Locust load through the load balancer, with SLO and cost gates (see module)."""
     config = ctx.config
     plan = plan_from_config(ctx, params)
@@ -249,7 +203,7 @@ def load(ctx: Any, params: LoadParams) -> dict[str, Any]:
     result = run.result
     ctx.say(f"  {result.summary()}")
 
-    delta = LedgerDelta.between(ledger_before, _settled_ledger(ctx))
+    delta = LedgerDelta.between(ledger_before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta)
     if cost.unpriced:
         ctx.say(f"  no price for {', '.join(cost.unpriced)} in cost.prices: counted as $0")
@@ -345,11 +299,11 @@ class CacheCostParams(StepParams):
     workers: int | None = Field(None, ge=0, le=64)
 
 
-def _measure(ctx: Any, prices: PriceTable, plan: LoadPlan, name: str) -> dict[str, Any]:
+def _measure(ctx: ScenarioContext, prices: PriceTable, plan: LoadPlan, name: str) -> dict[str, Any]:
     before = ctx.ledger()
     run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
     result = run.result
-    delta = LedgerDelta.between(before, _settled_ledger(ctx))
+    delta = LedgerDelta.between(before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta).total_usd
     ok = result.cache_hits + result.cache_misses
     out = {
@@ -368,7 +322,7 @@ def _measure(ctx: Any, prices: PriceTable, plan: LoadPlan, name: str) -> dict[st
       facts=("cache_cost_low_hit_ratio", "cache_cost_high_hit_ratio",
              "cache_cost_low_per_request_usd", "cache_cost_high_per_request_usd",
              "cache_cost_ratio", "cache_cost_hit_llm_calls", "cache_cost_failures"))
-def cache_cost(ctx: Any, params: CacheCostParams) -> dict[str, Any]:
+def cache_cost(ctx: ScenarioContext, params: CacheCostParams) -> dict[str, Any]:
     """Two short loads, few and many repeats: cost per request falls with the hit ratio."""
     if params.high_repeat_ratio <= params.low_repeat_ratio:
         raise ScenarioError(f"cache_cost: high_repeat_ratio ({params.high_repeat_ratio}) must "
@@ -398,169 +352,4 @@ def cache_cost(ctx: Any, params: CacheCostParams) -> dict[str, Any]:
         "cache_cost_ratio": round(ratio, 4) if ratio is not None else None,
         "cache_cost_hit_llm_calls": a["llm_calls_beyond_misses"] + b["llm_calls_beyond_misses"],
         "cache_cost_failures": a["failures"] + b["failures"],
-    }
-
-
-# --------------------------------------------------------------------------- max_tokens
-
-
-class MaxTokensParams(StepParams):
-    """How many fresh (never cached) questions to ask, and how many at once."""
-
-    requests: int = Field(12, ge=1, le=10_000)
-    concurrency: int = Field(4, ge=1, le=256)
-
-
-@step("max_tokens", params=MaxTokensParams,
-      facts=("max_tokens_limit", "max_tokens_requests", "max_tokens_longest",
-             "max_tokens_over_limit", "max_tokens_at_limit", "max_tokens_usage_matches_ledger"))
-def max_tokens(ctx: Any, params: MaxTokensParams) -> dict[str, Any]:
-    """Fresh questions: no completion exceeds ``model.max_tokens``; usage is what was billed."""
-    limit = ctx.config.model.max_tokens
-    prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))
-    tag = uuid.uuid4().hex[:8]
-    messages = [f"{prompts[i % len(prompts)]} (max-tokens check {tag}-{i})"
-                for i in range(params.requests)]
-    url = ctx.stack.lb_url + "/chat"
-    before = ctx.ledger()
-
-    def ask(message: str, client: httpx.Client) -> tuple[int, int | None, bool]:
-        resp = client.post(url, json={"message": message})
-        if resp.status_code != 200:
-            return resp.status_code, None, False
-        body = resp.json()
-        return 200, int((body.get("usage") or {}).get("completion_tokens", 0)), \
-            bool(body.get("cached"))
-
-    with httpx.Client(timeout=30.0) as client, \
-            cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
-        try:
-            answers = list(pool.map(lambda m: ask(m, client), messages))
-        except httpx.HTTPError as exc:
-            raise ScenarioError(f"max_tokens: /chat through {url}: {exc}") from exc
-    failed = [status for status, _, _ in answers if status != 200]
-    if failed:
-        raise ScenarioError(f"max_tokens: {len(failed)} of {len(answers)} questions failed "
-                            f"(statuses {sorted(set(failed))})")
-    completions = [tokens for _, tokens, cached in answers if tokens is not None and not cached]
-    delta = LedgerDelta.between(before, _settled_ledger(ctx))
-    billed = delta.total("completion_tokens")
-    longest = max(completions, default=0)
-    ctx.say(f"  {len(completions)} fresh completions, longest {longest} tokens "
-            f"(max_tokens {limit}); usage {sum(completions):,} vs ledger {billed:,} "
-            f"completion tokens")
-    return {
-        "max_tokens_limit": limit, "max_tokens_requests": len(answers),
-        "max_tokens_longest": longest,
-        "max_tokens_over_limit": sum(1 for t in completions if t > limit),
-        "max_tokens_at_limit": sum(1 for t in completions if t == limit),
-        "max_tokens_usage_matches_ledger": billed == sum(completions),
-    }
-
-
-# --------------------------------------------------------------------------- rate_limit
-
-
-class RateLimitParams(StepParams):
-    """The limit to set on the fleet, and the burst one client sends through nginx."""
-
-    requests_per_second: float = Field(5.0, gt=0)
-    burst: int = Field(5, ge=1)
-    requests: int = Field(40, ge=1, le=10_000)
-    concurrency: int = Field(8, ge=1, le=256)
-    message: str = Field("How do I reset my password?", min_length=1)
-    settle_timeout_s: float = Field(10.0, gt=0)
-
-
-def _wait_replicas_see(ctx: Any, want: dict[str, Any], timeout: float) -> None:
-    """Every replica reports ``want`` from ``GET /admin/rate-limit`` (each caches ~1 s)."""
-    deadline = time.monotonic() + timeout
-    seen: dict[str, Any] = {}
-    while True:
-        seen = {}
-        for replica in ctx.stack.replicas:
-            try:
-                seen[replica.instance] = httpx.get(replica.url + "/admin/rate-limit",
-                                                   timeout=5.0).json()
-            except (httpx.HTTPError, ValueError) as exc:
-                seen[replica.instance] = f"{type(exc).__name__}: {exc}"
-        if all(isinstance(v, dict) and all(v.get(k) == w for k, w in want.items())
-               for v in seen.values()):
-            return
-        if time.monotonic() > deadline:
-            raise ScenarioError(f"rate limit {want} did not reach every replica within "
-                                f"{timeout:g}s; replicas report {seen}")
-        time.sleep(0.2)
-
-
-@step("rate_limit", params=RateLimitParams,
-      facts=("rate_limit_requests", "rate_limit_allowed", "rate_limit_429",
-             "rate_limit_allowed_max", "rate_limit_excess", "rate_limit_retry_after",
-             "rate_limit_other_client_status", "rate_limit_other_errors",
-             "rate_limit_replicas_seen"))
-def rate_limit(ctx: Any, params: RateLimitParams) -> dict[str, Any]:
-    """A per-client limit set on one replica holds fleet-wide: 429 beyond the rate."""
-    http = ctx.http
-    try:
-        previous = http.get("/admin/rate-limit").json()
-        want = {"enabled": True, "requests_per_second": params.requests_per_second,
-                "burst": params.burst}
-        resp = http.post("/admin/rate-limit", json=want)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ScenarioError(f"rate_limit: /admin/rate-limit on {ctx.stack.lb_url}: {exc}") \
-            from exc
-    if resp.status_code != 200:
-        raise ScenarioError(f"rate_limit: POST /admin/rate-limit answered {resp.status_code}: "
-                            f"{resp.text[:200]}")
-    restore = {k: previous[k] for k in ("enabled", "requests_per_second", "burst")
-               if k in previous}
-
-    def put_back() -> None:
-        httpx.post(ctx.stack.lb_url + "/admin/rate-limit", json=restore, timeout=10.0)
-        _wait_replicas_see(ctx, restore, params.settle_timeout_s)
-
-    ctx.defer("restore the rate limit", put_back)
-    _wait_replicas_see(ctx, want, params.settle_timeout_s)
-    # answered once first, so the burst costs no LLM call
-    http.post("/chat", json={"message": params.message},
-              headers={"X-Client-Id": f"av-ratelimit-warm-{uuid.uuid4().hex[:8]}"})
-
-    client_id = f"av-ratelimit-{uuid.uuid4().hex[:8]}"
-    url = ctx.stack.lb_url + "/chat"
-
-    def one(client: httpx.Client) -> tuple[int, str | None, str | None]:
-        try:
-            r = client.post(url, json={"message": params.message},
-                            headers={"X-Client-Id": client_id})
-        except httpx.HTTPError as exc:
-            return 0, None, type(exc).__name__
-        return r.status_code, r.headers.get("retry-after"), r.headers.get("x-agent-replica")
-
-    with httpx.Client(timeout=30.0) as client, \
-            cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
-        t0 = time.monotonic()
-        answers = list(pool.map(lambda _: one(client), range(params.requests)))
-        elapsed = time.monotonic() - t0
-        other = client.post(url, json={"message": params.message},
-                            headers={"X-Client-Id": f"av-ratelimit-other-{uuid.uuid4().hex[:8]}"})
-    allowed = sum(1 for s, _, _ in answers if s == 200)
-    limited = [(s, ra) for s, ra, _ in answers if s == 429]
-    # a full bucket, refilled at the rate for as long as the burst lasted (+1: a token
-    # that came back while the last requests were in flight)
-    allowed_max = int(params.burst + params.requests_per_second * elapsed) + 1
-    replicas = {rep for _, _, rep in answers if rep}
-    ctx.say(f"  {params.requests} requests from one client in {elapsed:.2f}s through "
-            f"{len(replicas)} replicas: {allowed} answered, {len(limited)} got 429 "
-            f"(at most {allowed_max} may pass at {params.requests_per_second:g}/s, burst "
-            f"{params.burst}); another client got {other.status_code}")
-    return {
-        "rate_limit_requests": params.requests,
-        "rate_limit_allowed": allowed,
-        "rate_limit_429": len(limited),
-        "rate_limit_allowed_max": allowed_max,
-        "rate_limit_excess": max(0, allowed - allowed_max),
-        "rate_limit_retry_after": bool(limited) and all(ra for _, ra in limited),
-        "rate_limit_other_client_status": other.status_code,
-        "rate_limit_other_errors": sum(1 for s, _, _ in answers if s not in (200, 429)),
-        "rate_limit_replicas_seen": len(replicas),
     }

@@ -164,8 +164,8 @@ class DashboardCheck:
 def dashboard_path() -> Path:
     """Path of the Grafana dashboard JSON shipped inside the agentverify package.
 
-    It is a byte-for-byte copy of ``compose/grafana/agent.json`` (a unit test holds
-    the two together).
+    It is the one source of the dashboard: ``agentverify compose`` renders
+    ``compose/grafana/agent.json`` from it.
 
     Example:
         >>> dashboard_path().name

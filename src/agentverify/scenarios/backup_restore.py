@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -40,6 +40,9 @@ from agentverify.backup import (
 )
 from agentverify.errors import BackupRestoreError, ScenarioError
 from agentverify.scenarios.registry import StepParams, step
+
+if TYPE_CHECKING:
+    from agentverify.scenarios.runner import ScenarioContext
 
 __all__: list[str] = []
 
@@ -161,7 +164,7 @@ def _delete_entities(uri: str, collection: str, ids: list[Any]) -> None:
 
 
 @step("seed_data", params=SeedParams, facts=("seeded_keys", "seeded_entities"))
-def seed_data(ctx: Any, params: SeedParams) -> dict[str, Any]:
+def seed_data(ctx: ScenarioContext, params: SeedParams) -> dict[str, Any]:
     """Known Redis keys (every type, with and without TTLs) and extra Milvus entities."""
     def url(role: str) -> str:
         return str(ctx.stack.service(service_name(ctx.stack, role)).url())
@@ -195,7 +198,7 @@ class BackupParams(StepParams):
 @step("backup", params=BackupParams,
       facts=("backup_seconds", "archive_bytes", "redis_keys", "entities",
              "backup_collections", "backup_search_queries"))
-def backup(ctx: Any, params: BackupParams) -> dict[str, Any]:
+def backup(ctx: ScenarioContext, params: BackupParams) -> dict[str, Any]:
     """The seed's backup(): Redis SAVE + every Milvus collection into one tar.gz."""
     directory = ctx.config.path(params.dir) if params.dir else \
         Path(ctx.report_dir) / "backups"
@@ -213,7 +216,7 @@ def backup(ctx: Any, params: BackupParams) -> dict[str, Any]:
             "backup_search_queries": len(result.manifest["search"])}
 
 
-def _archive(ctx: Any, given: str | None) -> Path:
+def _archive(ctx: ScenarioContext, given: str | None) -> Path:
     if given:
         return ctx.config.path(given)
     path = ctx.state.get(_ARCHIVE)
@@ -245,7 +248,7 @@ RESTORE_FACTS = ("restore_seconds", "verify_seconds", "fresh_stack_seconds",
 
 
 @step("restore_verify", params=RestoreParams, facts=RESTORE_FACTS)
-def restore_verify(ctx: Any, params: RestoreParams) -> dict[str, Any]:
+def restore_verify(ctx: ScenarioContext, params: RestoreParams) -> dict[str, Any]:
     """Verify the archive, restore it into a fresh stack, and measure what came back."""
     path = _archive(ctx, params.archive)
     with open_backup(path) as opened:  # refuses a bad archive before any stack is touched
@@ -259,7 +262,7 @@ def restore_verify(ctx: Any, params: RestoreParams) -> dict[str, Any]:
             return _restore_and_compare(ctx, fresh, opened, params, up)
 
 
-def _restore_and_compare(ctx: Any, target: Any, opened: Any, params: RestoreParams,
+def _restore_and_compare(ctx: ScenarioContext, target: Any, opened: Any, params: RestoreParams,
                          up_seconds: float) -> dict[str, Any]:
     seconds = restore_into(target, opened, say=ctx.say, batch_size=params.batch_size,
                            timeout=params.timeout_s)
@@ -292,7 +295,7 @@ class TamperParams(StepParams):
 
 
 @step("tamper_archive", params=TamperParams)
-def tamper_archive(ctx: Any, params: TamperParams) -> dict[str, Any]:
+def tamper_archive(ctx: ScenarioContext, params: TamperParams) -> dict[str, Any]:
     """Write a damaged copy of the archive for ``restore_expect_refused`` to try."""
     src = _archive(ctx, params.archive)
     name = src.name.removesuffix(".tar.gz")
@@ -312,7 +315,7 @@ class RefusedParams(StepParams):
 @step("restore_expect_refused", params=RefusedParams,
       facts=("tampered_archives", "tampered_refused", "tampered_refused_count",
              "live_untouched"))
-def restore_expect_refused(ctx: Any, params: RefusedParams) -> dict[str, Any]:
+def restore_expect_refused(ctx: ScenarioContext, params: RefusedParams) -> dict[str, Any]:
     """Restoring each damaged archive into the live stack is refused, and nothing changes."""
     paths = [ctx.config.path(p) for p in params.archives] or \
         list(ctx.state.get(_TAMPERED, []))

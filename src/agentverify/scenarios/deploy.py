@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import Field
@@ -23,6 +23,9 @@ from agentverify.errors import AgentVerifyError, DeployError
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import unhealthy
 from agentverify.stack.wait import PortWaitStrategy
+
+if TYPE_CHECKING:
+    from agentverify.scenarios.runner import ScenarioContext
 
 __all__ = ["SEED_REQUIRED_ENV"]
 
@@ -44,7 +47,7 @@ DEPLOY_FACTS = ("deploy_ok", "deploy_failed_step", "deploy_missing_env",
 
 
 @step("deploy", params=DeployParams, facts=DEPLOY_FACTS)
-def deploy(ctx: Any, params: DeployParams) -> dict[str, Any]:
+def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
     """The seed's five-step deploy of ``version``, each step timed and reported."""
     stack = ctx.stack
     facts: dict[str, Any] = {"deploy_ok": False, "deploy_failed_step": "",

@@ -47,6 +47,7 @@ BUILTIN_MODULES = (
     "agentverify.scenarios.rolling_update",
     "agentverify.scenarios.backup_restore",
     "agentverify.load.steps",
+    "agentverify.scenarios.cost_controls",
 )
 
 

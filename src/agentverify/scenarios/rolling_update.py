@@ -20,13 +20,16 @@ zero failed requests is achievable and is the default gate.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from agentverify.errors import ScenarioError
 from agentverify.scenarios.probe import Probe
 from agentverify.scenarios.registry import StepParams, step
+
+if TYPE_CHECKING:
+    from agentverify.scenarios.runner import ScenarioContext
 
 __all__ = ["PROBE_KEY"]
 
@@ -44,7 +47,7 @@ class ProbeStartParams(StepParams):
 
 
 @step("probe_start", params=ProbeStartParams)
-def probe_start(ctx: Any, params: ProbeStartParams) -> dict[str, Any]:
+def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any]:
     """Start steady traffic through the load balancer, recording every request."""
     if PROBE_KEY in ctx.state:
         raise ScenarioError("a probe is already running (probe_stop it first)")
@@ -60,7 +63,7 @@ def probe_start(ctx: Any, params: ProbeStartParams) -> dict[str, Any]:
 @step("probe_stop", facts=("probe_requests", "failed_requests", "longest_gap_s",
                            "duration_s", "probe_rps", "probe_p95_ms", "versions_seen",
                            "final_versions", "final_version"))
-def probe_stop(ctx: Any, params: StepParams) -> dict[str, Any]:
+def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     """Stop the probe; report every request it sent."""
     probe: Probe | None = ctx.state.pop(PROBE_KEY, None)
     if probe is None:
@@ -78,7 +81,7 @@ def probe_stop(ctx: Any, params: StepParams) -> dict[str, Any]:
     return facts
 
 
-def _probe(ctx: Any) -> Probe | None:
+def _probe(ctx: ScenarioContext) -> Probe | None:
     return ctx.state.get(PROBE_KEY)
 
 
@@ -96,7 +99,7 @@ ROLLOUT_FACTS = ("rollout_completed", "rolled_back", "rollout_seconds", "replica
                  "failed_after_rollback")
 
 
-def _bake(ctx: Any, version: str, replica: str, params: RolloutParams) -> str | None:
+def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParams) -> str | None:
     """Watch the probe's answers from the new replica; a reason to stop, or None."""
     probe = _probe(ctx)
     if probe is None or params.bake_s == 0:
@@ -116,7 +119,7 @@ def _bake(ctx: Any, version: str, replica: str, params: RolloutParams) -> str | 
             return None
 
 
-def do_rollout(ctx: Any, params: RolloutParams) -> dict[str, Any]:
+def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     stack = ctx.stack
     rollout = stack.rolling_update(
         params.version, health_timeout=params.health_timeout_s,
@@ -146,7 +149,7 @@ def do_rollout(ctx: Any, params: RolloutParams) -> dict[str, Any]:
 
 
 @step("rolling_update", params=RolloutParams, facts=ROLLOUT_FACTS)
-def rolling_update(ctx: Any, params: RolloutParams) -> dict[str, Any]:
+def rolling_update(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     """Replace replicas one at a time with ``version``; roll back automatically on failure."""
     return do_rollout(ctx, params)
 
@@ -157,7 +160,7 @@ class RollbackParams(StepParams):
 
 @step("rollback", params=RollbackParams,
       facts=("rollback_seconds", "all_on_version", "rollback_replicas"))
-def rollback(ctx: Any, params: RollbackParams) -> dict[str, Any]:
+def rollback(ctx: ScenarioContext, params: RollbackParams) -> dict[str, Any]:
     """Every replica back to the tagged ``version``, one at a time, under traffic."""
     rollout = ctx.stack.rollback(params.version)
     versions = ctx.stack.versions
@@ -173,7 +176,7 @@ class ScaleParams(StepParams):
 
 
 @step("scale", params=ScaleParams, facts=("scale_seconds", "replicas_after"))
-def scale(ctx: Any, params: ScaleParams) -> dict[str, Any]:
+def scale(ctx: ScenarioContext, params: ScaleParams) -> dict[str, Any]:
     """Scale the agent to ``replicas`` (the seed's `--scale agent=N`) under traffic."""
     before = len(ctx.stack.replicas)
     seconds = ctx.stack.scale(params.replicas)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -21,6 +21,13 @@ from agentverify import _http
 from agentverify.errors import AgentVerifyError, StackError
 from agentverify.report.journal import ScenarioResult, StepResult
 from agentverify.scenarios.model import ScenarioSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from agentverify.config import Config
+    from agentverify.monitoring.prometheus import PrometheusClient
+    from agentverify.stack.stack import Stack
 
 __all__ = ["ScenarioContext", "run_scenario", "restore_baseline"]
 
@@ -38,9 +45,9 @@ class ScenarioContext:
             of its own (the session's ``fresh_stack``), for steps that need a second one.
     """
 
-    def __init__(self, stack: Any, config: Any, *, env: str, report_dir: Any,
+    def __init__(self, stack: Stack, config: Config, *, env: str, report_dir: Path,
                  say: Callable[[str], None] = print, backend: str = "",
-                 new_stack: Callable[..., AbstractContextManager[Any]] | None = None) -> None:
+                 new_stack: Callable[..., AbstractContextManager[Stack]] | None = None) -> None:
         self._new_stack = new_stack
         self.stack = stack
         self.config = config
@@ -59,7 +66,7 @@ class ScenarioContext:
         return httpx.Client(base_url=self.stack.lb_url, timeout=30.0)
 
     @cached_property
-    def prometheus(self) -> Any:
+    def prometheus(self) -> PrometheusClient:
         from agentverify.monitoring.prometheus import PrometheusClient
 
         return PrometheusClient(self.stack.endpoints["prometheus"])
@@ -76,7 +83,7 @@ class ScenarioContext:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc
         return resp.json()
 
-    def new_stack(self, **overrides: Any) -> AbstractContextManager[Any]:
+    def new_stack(self, **overrides: Any) -> AbstractContextManager[Stack]:
         """A fresh stack of its own (config ``overrides`` as dotted keys), torn down
         when the ``with`` block ends: ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
         """
@@ -108,7 +115,7 @@ class ScenarioContext:
                 close()
 
 
-def restore_baseline(stack: Any, config: Any, say: Callable[[str], None] = print) -> None:
+def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = print) -> None:
     """Bring a shared stack back to the configured version and replica count."""
     if not stack.is_up:
         return

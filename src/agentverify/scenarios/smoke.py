@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import Field
@@ -28,6 +28,9 @@ from pydantic import Field
 from agentverify import _http
 from agentverify.errors import ConfigError, ScenarioError
 from agentverify.scenarios.registry import StepParams, step
+
+if TYPE_CHECKING:
+    from agentverify.scenarios.runner import ScenarioContext
 
 __all__ = ["load_prompts", "unhealthy"]
 
@@ -67,7 +70,7 @@ def unhealthy(replicas: list[Any], path: str) -> list[str]:
 
 
 @step("health", facts=("replicas", "healthy_replicas", "unhealthy_replicas"))
-def health(ctx: Any, params: StepParams) -> dict[str, Any]:
+def health(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     """GET /health on every replica directly; each must answer 200."""
     replicas = ctx.stack.replicas
     bad = unhealthy(replicas, ctx.config.stack.agent.health_path)
@@ -83,7 +86,7 @@ class ChatParams(StepParams):
 
 @step("chat", params=ChatParams,
       facts=("chat_status", "chat_sources", "chat_answer_chars", "chat_version"))
-def chat(ctx: Any, params: ChatParams) -> dict[str, Any]:
+def chat(ctx: ScenarioContext, params: ChatParams) -> dict[str, Any]:
     """One question through the load balancer; the answer must cite retrieved sources."""
     resp = ctx.http.post("/chat", json={"message": params.message})
     facts: dict[str, Any] = {"chat_status": resp.status_code}
@@ -101,7 +104,7 @@ def chat(ctx: Any, params: ChatParams) -> dict[str, Any]:
 
 @step("cache_repeat", params=ChatParams,
       facts=("cache_repeat_cached", "cache_repeat_llm_requests", "cache_repeat_tokens"))
-def cache_repeat(ctx: Any, params: ChatParams) -> dict[str, Any]:
+def cache_repeat(ctx: ScenarioContext, params: ChatParams) -> dict[str, Any]:
     """Ask, then ask again: the repeat must come from Redis with no new LLM request."""
     first = ctx.http.post("/chat", json={"message": params.message})
     if first.status_code != 200:
@@ -126,7 +129,7 @@ class TrafficParams(StepParams):
 @step("traffic", params=TrafficParams,
       facts=("traffic_requests", "traffic_failed", "traffic_error_ratio",
              "traffic_replicas_seen"))
-def traffic(ctx: Any, params: TrafficParams) -> dict[str, Any]:
+def traffic(ctx: ScenarioContext, params: TrafficParams) -> dict[str, Any]:
     """N questions from the prompt set through the load balancer, concurrently."""
     prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))
     statuses: Counter[str] = Counter()
@@ -160,7 +163,7 @@ class TargetsParams(StepParams):
 
 
 @step("targets", params=TargetsParams, facts=("targets_expected", "targets_up", "targets_down"))
-def targets(ctx: Any, params: TargetsParams) -> dict[str, Any]:
+def targets(ctx: ScenarioContext, params: TargetsParams) -> dict[str, Any]:
     """Prometheus scrapes every replica of the agent, and every one is up."""
     expected = {"%s:%d" % r.handle.address("http") for r in ctx.stack.replicas}
     deadline = time.monotonic() + params.timeout_s
@@ -184,7 +187,7 @@ class DashboardParams(StepParams):
 
 @step("dashboard", params=DashboardParams,
       facts=("dashboard_panels", "dashboard_panels_with_data", "dashboard_panels_empty"))
-def dashboard(ctx: Any, params: DashboardParams) -> dict[str, Any]:
+def dashboard(ctx: ScenarioContext, params: DashboardParams) -> dict[str, Any]:
     """Every panel query of the Grafana dashboard returns a non-empty series."""
     from agentverify.monitoring.dashboard import (
         check_dashboard,

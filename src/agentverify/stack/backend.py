@@ -178,7 +178,7 @@ class Backend(Protocol):
 
 def peer_lookup(who: str, peers: Mapping[str, Peer]):
     """``(service, port) -> (host, port, scheme)`` of a running peer as other services
-    reach it: the ``lookup`` every backend gives :func:`~agentverify.stack.spec.make_resolver`."""
+    reach it: the ``lookup`` every backend gives :func:`~agentverify.stack.placeholders.make_resolver`."""
 
     def lookup(service: str, port: str | None) -> tuple[str, int, str]:
         if service not in peers:

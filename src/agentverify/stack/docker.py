@@ -61,21 +61,26 @@ from agentverify.errors import (
     StackError,
 )
 from agentverify.stack.backend import CommandResult, Handle, InstanceState, Peer, peer_lookup
-from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive, write_atomic
-from agentverify.stack.spec import ROLE_AGENT, Resolver, ServiceSpec, make_resolver, render_template
+from agentverify.stack.host import tail_file, write_atomic
+from agentverify.stack.placeholders import (
+    CONF_DIR,
+    DATA_DIR,
+    Resolver,
+    container_resolver,
+    render_template,
+)
+from agentverify.stack.runstate import RUN_ID_ENV, RunContext, owner_alive
+from agentverify.stack.spec import ROLE_AGENT, ServiceSpec
 from agentverify.stack.wait import ServiceStatus
 
 if TYPE_CHECKING:
     import docker
 
 __all__ = [
-    "CONF_DIR",
-    "DATA_DIR",
     "DockerBackend",
     "DockerState",
     "aliases_for",
     "container_name",
-    "container_resolver",
     "cpu_shares",
     "engine_available",
     "memory_bytes",
@@ -84,11 +89,6 @@ __all__ = [
 ]
 
 BIND = "127.0.0.1"          # where ports are published on the host
-CONTAINER_BIND = "0.0.0.0"  # what a service binds inside its own network namespace
-CONF_DIR = "/agentverify/conf"
-DATA_DIR = "/agentverify/data"
-PYTHON = "python3"
-USER = "root"
 LABEL = "agentverify"
 ENGINE_DOWN = "the Docker engine does not answer: start dockerd (scripts/bootstrap does it)"
 #: docker's default CPU weight of one container (``docker run --cpu-shares``)
@@ -149,22 +149,6 @@ def resource_kwargs(spec: ServiceSpec) -> dict[str, int]:
     if spec.cpu_reservation is not None:
         out["cpu_shares"] = cpu_shares(spec.cpu_reservation)
     return out
-
-
-def container_resolver(spec: ServiceSpec, lookup: Callable[[str, str | None],
-                                                           tuple[str, int, str]],
-                       *, who: str | None = None) -> Resolver:
-    """Placeholder resolution as seen from inside a container.
-
-    Args:
-        spec: the service whose strings are rendered.
-        lookup: ``(service, port name or None) -> (host, container port, scheme)`` of a
-            peer as this container reaches it (a network alias or a compose DNS name).
-        who: the instance name for error messages.
-    """
-    return make_resolver(who=who or spec.name, ports={p.name: p.port for p in spec.ports},
-                         bind=CONTAINER_BIND, confdir=CONF_DIR, datadir=DATA_DIR,
-                         python=PYTHON, user=USER, lookup=lookup)
 
 
 def _owner_identity() -> dict[str, str]:
@@ -439,7 +423,7 @@ class DockerBackend:
             self._pull(image)
             found = self.client.images.get(image)
         if image.startswith("agentverify/"):
-            from agentverify.stack.images import stale_source_reason
+            from agentverify.images import stale_source_reason
 
             # a green run on code older than the checkout would be a lie
             stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {})
@@ -674,8 +658,6 @@ class DockerBackend:
     def logs(self, handle: Handle, tail: int = 50) -> str:
         container = self._container(handle)
         if container is None:  # removed: its output was saved by stop()
-            from agentverify.stack.local import tail_file
-
             return tail_file(_state(handle).log, tail)
         with _docker_errors(f"reading the log of {handle.name}"):
             return container.logs(tail=tail).decode("utf-8", "replace")

@@ -14,7 +14,6 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,39 +24,20 @@ from pathlib import Path
 
 from agentverify.errors import BackendUnavailable, ServiceStartError, StackError
 from agentverify.stack.backend import CommandResult, Handle, InstanceState, Peer, peer_lookup
+from agentverify.stack.host import free_port, tail_file, write_atomic
+from agentverify.stack.placeholders import Resolver, make_resolver, render_template
 from agentverify.stack.runstate import (
     RUN_ID_ENV,
     RunContext,
     kill_group,
     terminate_group,
-    write_atomic,
 )
-from agentverify.stack.spec import Resolver, ServiceSpec, make_resolver, render_template
+from agentverify.stack.spec import ServiceSpec
 from agentverify.stack.wait import ServiceStatus
 
-__all__ = ["LocalBackend", "LocalState", "free_port", "tail_file"]
+__all__ = ["LocalBackend", "LocalState"]
 
 BIND = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((BIND, 0))
-        return s.getsockname()[1]
-
-
-def tail_file(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a (possibly large) file."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 @dataclass(eq=False)

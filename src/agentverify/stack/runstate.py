@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["InstanceDirs", "RunContext", "belongs_to_run", "default_state_dir", "kill_group",
            "owner_alive", "process_alive", "reap_stale_runs", "terminate_group",
-           "write_atomic", "RUN_ID_ENV"]
+           "RUN_ID_ENV"]
 
 RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
 KEEP_FINISHED_RUNS = 5
@@ -236,14 +236,6 @@ class RunContext:
         tmp = self.run_dir / "run.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.run_dir / "run.json")
-
-
-def write_atomic(path: Path, content: str) -> None:
-    """Write a file so readers (nginx, Prometheus' file_sd) never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _records(state_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:

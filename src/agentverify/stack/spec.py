@@ -2,20 +2,9 @@
 
 A :class:`ServiceSpec` says *what* a service is (role, image, command, ports, env,
 readiness, dependencies, replicas); a backend decides *how* it runs. Strings in
-``command``, ``env`` and ``files`` may hold placeholders each backend resolves for
-itself, so one spec runs as a local process and as a container:
-
-==========================  ==========================================================
-``${port:NAME}``            the port this service listens on for port NAME
-``${bind}``                 the address to bind (127.0.0.1 locally, 0.0.0.0 in a container)
-``${confdir}``              directory holding this service's rendered ``files``
-``${datadir}``              this service's persistent data directory
-``${python}``               the Python interpreter that has agentverify installed
-``${addr:SVC}``             ``host:port`` of service SVC's first port, as this service sees it
-``${addr:SVC:PORT}``        the same for a named port
-``${url:SVC}``              ``scheme://host:port`` of SVC's first port
-``${host:SVC}``             host of SVC as this service sees it
-==========================  ==========================================================
+``command``, ``env`` and ``files`` may hold placeholders (``${port:NAME}``,
+``${addr:SVC}`` ..., listed in :mod:`agentverify.stack.placeholders`) each backend
+resolves for itself, so one spec runs as a local process and as a container.
 
 :func:`build_stack_spec` turns a :class:`~agentverify.config.Config` into the seed's
 stack: llm, redis, milvus, the knowledge-ingest job, N agent replicas, nginx,
@@ -24,15 +13,14 @@ prometheus and alertmanager.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import yaml
 
 from agentverify.config import Config
-from agentverify.errors import ConfigError, StackError
+from agentverify.errors import ConfigError
 from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
 from agentverify.stack.wait import (
     HttpWaitStrategy,
@@ -46,8 +34,6 @@ __all__ = [
     "ServiceSpec",
     "StackSpec",
     "build_stack_spec",
-    "make_resolver",
-    "render_template",
     "ROLE_AGENT",
     "ROLE_LB",
     "ROLE_METRICS",
@@ -61,9 +47,6 @@ ROLE_CACHE = "cache"
 ROLE_VECTOR = "vector_store"
 ROLE_LLM = "llm"
 ROLE_JOB = "job"
-
-_PLACEHOLDER = re.compile(r"\$\{([a-z]+)(?::([A-Za-z0-9_.-]+))?(?::([A-Za-z0-9_.-]+))?\}")
-
 
 @dataclass(frozen=True)
 class Port:
@@ -178,52 +161,6 @@ class StackSpec:
         for s in self.services:
             visit(s)
         return done
-
-
-Resolver = Callable[[str, str | None, str | None], str]
-
-
-def render_template(text: str, resolve: Resolver) -> str:
-    """Replace every ``${kind[:a[:b]]}`` placeholder with ``resolve(kind, a, b)``."""
-    return _PLACEHOLDER.sub(lambda m: str(resolve(m.group(1), m.group(2), m.group(3))), text)
-
-
-def make_resolver(*, who: str, ports: Mapping[str, int], bind: str, confdir: str,
-                  datadir: str, python: str, user: str,
-                  lookup: Callable[[str, str | None], tuple[str, int, str]]) -> Resolver:
-    """The placeholder table above, for one instance on one backend.
-
-    Args:
-        who: the instance, for messages.
-        ports: this instance's port name -> the port it listens on (first is default).
-        bind, confdir, datadir, python, user: what ``${bind}`` ... ``${user}`` become.
-        lookup: ``(service, port name or None) -> (host, port, scheme)`` of a peer as
-            this instance reaches it.
-    """
-
-    def resolve(kind: str, a: str | None, b: str | None) -> str:
-        if kind == "port":
-            if not a:
-                return str(next(iter(ports.values())))
-            if a in ports:
-                return str(ports[a])
-            return str(lookup(a, b)[1])  # ${port:SVC[:PORT]}
-        fixed = {"bind": bind, "confdir": confdir, "datadir": datadir, "python": python,
-                 "user": user}
-        if kind in fixed:
-            return fixed[kind]
-        if kind in {"addr", "host", "url"}:
-            if not a:
-                raise StackError(f"{who}: ${{{kind}}} needs a service name")
-            host, port, scheme = lookup(a, b)
-            if kind == "host":
-                return host
-            if kind == "addr":
-                return f"{host}:{port}"
-            return f"{scheme}://{host}:{port}"
-        raise StackError(f"{who}: unknown placeholder ${{{kind}}}")
-
-    return resolve
 
 
 # ------------------------------------------------------------------------------ the seed

@@ -18,6 +18,9 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -223,6 +226,15 @@ class Stack:
             for r in self._state.replicas:
                 out[r.instance] = r.url
         return out
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def data_path(self, name: str) -> Path:
+        """Host path of a running service's persistent data directory (read it; change it
+        only through :meth:`replace_data`)."""
+        return Path(self.backend.volume_path(self.service(name)))
 
     @property
     def lb_url(self) -> str:
@@ -656,14 +668,89 @@ class Stack:
     def restart(self, name: str) -> Handle:
         """Restart a (non-agent) service in place, keeping its ports and data."""
         old = self.service(name)
-        self.progress(ProgressEvent(old.name, "stopping", detail="restart"))
         peers = self._peers()
+        with self._lock:  # not serving while it is down
+            self._state.services.pop(name, None)
+        self.progress(ProgressEvent(old.name, "stopping", detail="restart"))
+        return self._start_again(name, old, peers, None)
+
+    def replace_data(self, name: str, populate: Callable[[Path], None], *,
+                     timeout: float | None = None) -> Handle:
+        """Replace a service's data: stop it, let ``populate`` fill an empty data
+        directory, start it again on the same ports and wait until it is ready.
+
+        While it is down the service is not serving (:meth:`service` raises for it).
+        The previous data is kept aside until ``populate`` returns; if anything before
+        the new start fails, it is put back, the service starts on it again and the
+        error propagates. The data directory is a host path on every backend; what
+        ``populate`` writes is made readable by everyone, so a container's user reads it.
+
+        Args:
+            name: a running non-agent service (e.g. ``redis``).
+            populate: writes the new data into the (empty) directory it is given.
+            timeout: readiness deadline in seconds (default: the service's own).
+
+        Returns:
+            The new serving instance.
+
+        Raises:
+            StackError: ``name`` is not running, or did not become ready again.
+
+        Example:
+            >>> stack.replace_data("redis", lambda d: shutil.copy(rdb, d / "dump.rdb"))  # doctest: +SKIP
+        """
+        old = self.service(name)
+        peers = self._peers()
+        data = Path(self.backend.volume_path(old))
+        with self._lock:
+            self._state.services.pop(name, None)
+        self.progress(ProgressEvent(old.name, "stopping", detail="replace data"))
+        self.backend.stop(old)
+
+        def set_aside(directory: Path) -> Path:
+            # renames only: a container's root-owned files need no deleting to move
+            aside = Path(tempfile.mkdtemp(prefix=f".{data.name}.", dir=data.parent))
+            try:
+                os.replace(directory, aside)
+            except OSError:
+                aside.rmdir()
+                raise
+            return aside
+
+        previous: Path | None = None
+        try:
+            previous = set_aside(data)
+            data.mkdir()
+            data.chmod(previous.stat().st_mode & 0o7777)
+            populate(data)
+            for path in [data, *data.rglob("*")]:
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        except BaseException:
+            if previous is not None:  # back on its previous data rather than left stopped
+                failed = set_aside(data) if data.exists() else None
+                os.replace(previous, data)
+                if failed is not None:
+                    shutil.rmtree(failed, ignore_errors=True)
+            self._start_again(name, old, peers, timeout)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+        return self._start_again(name, old, peers, timeout)
+
+    def _start_again(self, name: str, old: Handle, peers: Mapping[str, Handle],
+                     timeout: float | None) -> Handle:
+        """``old`` (stopped) started again on its ports; serving once it is ready."""
         handle = self.backend.restart(old, peers=peers)
         with self._lock:
-            self._state.services[name] = handle
             self._state.started = [h for h in self._state.started if h is not old] + [handle]
         if handle.spec.health is not None:
-            handle.spec.health.wait_until_ready(handle)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                handle.spec.health.wait_until_ready(handle, deadline=deadline)
+            except StackError as exc:
+                self.progress(ProgressEvent(handle.name, "failed", detail=str(exc).splitlines()[0]))
+                raise type(exc)(self.redactor(str(exc))) from None
+        with self._lock:
+            self._state.services[name] = handle
         self.progress(ProgressEvent(handle.name, "ready"))
         return handle
 

@@ -3,7 +3,8 @@
 ``agentverify compose --env production`` writes ``compose/docker-compose.yml`` (format
 "3.8", as in the seed) and, next to it, every config file the services mount:
 ``prometheus.yml``, ``alert_rules.yml``, ``alertmanager.yml``, ``nginx.conf`` +
-``upstream.conf``, ``agent-config.yaml`` and Grafana's provisioning. The rendering is
+``upstream.conf``, ``agent-config.yaml``, Grafana's provisioning and its dashboard
+``grafana/agent.json`` (a copy of the one the package ships). The rendering is
 the same :class:`~agentverify.stack.spec.StackSpec` the backends run, with placeholders
 resolved the compose way: peers by their service DNS name on ``ai-agent-network`` and
 their container port, files mounted at ``/agentverify/conf``, data in named volumes
@@ -21,6 +22,8 @@ nginx resolves ``agent`` when it (re)loads, so after scaling run
 ``docker-compose exec lb nginx -p /agentverify/data -c /agentverify/conf/nginx.conf -s
 reload`` (the seed's "switch traffic" step).
 
+The command (``agentverify compose``) is in :mod:`agentverify.cli`.
+
 Example:
     >>> files = render_compose_files(compose_spec(config), config)  # doctest: +SKIP
     >>> sorted(files)[:2]                                           # doctest: +SKIP
@@ -29,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from pathlib import Path
@@ -39,7 +41,7 @@ import yaml
 
 from agentverify.config import Config
 from agentverify.errors import StackError
-from agentverify.stack.docker import CONF_DIR, DATA_DIR, container_resolver
+from agentverify.stack.placeholders import CONF_DIR, DATA_DIR, container_resolver, render_template
 from agentverify.stack.spec import (
     ROLE_AGENT,
     ROLE_LB,
@@ -47,12 +49,10 @@ from agentverify.stack.spec import (
     ServiceSpec,
     StackSpec,
     build_stack_spec,
-    render_template,
 )
 
-__all__ = ["COMPOSE_VERSION", "NETWORK", "add_compose_cli", "api_key_references",
-           "cmd_compose", "compose_spec", "render_compose", "render_compose_files",
-           "write_compose"]
+__all__ = ["COMPOSE_VERSION", "DEFAULT_OUTPUT", "NETWORK", "api_key_references", "compose_spec",
+           "render_compose", "render_compose_files", "write_compose"]
 
 COMPOSE_VERSION = "3.8"
 NETWORK = "ai-agent-network"
@@ -257,6 +257,9 @@ def _prometheus_yml(spec: StackSpec, config: Config) -> str:
 
 
 def _grafana_files() -> dict[str, str]:
+    """Grafana's provisioning, and the dashboard: the package's copy is the one source."""
+    from agentverify.monitoring.dashboard import dashboard_path
+
     datasource = {"apiVersion": 1, "datasources": [
         {"name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
          "url": "http://prometheus:9090", "isDefault": True}]}
@@ -269,6 +272,7 @@ def _grafana_files() -> dict[str, str]:
             head + yaml.safe_dump(datasource, sort_keys=False),
         "grafana/provisioning/dashboards/agentverify.yml":
             head + yaml.safe_dump(dashboards, sort_keys=False),
+        "grafana/agent.json": dashboard_path().read_text(encoding="utf-8"),
     }
 
 
@@ -310,30 +314,4 @@ def write_compose(config: Config, output: str | os.PathLike[str] = DEFAULT_OUTPU
         os.replace(tmp, path)
         written.append(path)
     return written
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def add_compose_cli(subparsers: Any) -> None:
-    """Register ``agentverify compose`` on the CLI's sub-parsers."""
-    p = subparsers.add_parser(
-        "compose", help="render the stack as docker-compose.yml (+ its config files)",
-        description="Render the seed's stack for users who deploy with docker-compose.")
-    p.add_argument("--env", default="production",
-                   help="environment overlay to render (default: production)")
-    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
-    p.add_argument("--output", default=DEFAULT_OUTPUT,
-                   help=f"compose file to write; config files go next to it "
-                        f"(default: {DEFAULT_OUTPUT})")
-
-
-def cmd_compose(args: argparse.Namespace) -> int:
-    from agentverify.config import load_config
-
-    config = load_config(args.config, args.env, environ={})
-    written = write_compose(config, args.output)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
 
