@@ -1,8 +1,9 @@
 """``python -m support_agent``: serve the API with uvicorn on ``HOST``:``PORT``.
 
 SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish (up to
-30 s) and exits 0; SIGHUP reopens the request log file. A bad setting exits 2 with one
-line on stderr.
+30 s), closes the clients, logs "stopped" and then ends by that same signal, as uvicorn
+does (exit status 143 in a shell or container: "terminated on request"); SIGHUP reopens
+the request log file. A bad setting exits 2 with one line on stderr.
 
 Example:
     $ OPENAI_API_KEY=sk-... SUPPORT_CONFIG=config.yaml python -m support_agent

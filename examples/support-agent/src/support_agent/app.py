@@ -155,6 +155,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
                 except Exception as exc:  # noqa: BLE001 - shutting down; one failed close must not stop the rest
                     log.warning("closing a client failed: %s", exc)
             parts.access_log.close()
+            log.warning("support agent %s (%s) stopped", settings.version, settings.instance)
 
     app = FastAPI(title="Orbit support agent", version=settings.version, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
