@@ -108,3 +108,10 @@ def test_bad_variable_is_one_line_naming_it(env: dict[str, str], expected: str) 
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert str(info.value).startswith(expected) and "sk-very-secret" not in str(info.value)
+
+
+def test_the_shipped_config_file_loads() -> None:
+    path = Path(__file__).resolve().parents[1] / "config.yaml"
+    s = load_settings({**KEY, "SUPPORT_CONFIG": str(path)})
+    assert (s.model.model_name, s.vector_store.collection, s.vector_store.dim) == ("gpt-4o-mini", "support_kb", 64)
+    assert s.rate_limit.enabled is False
