@@ -53,7 +53,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class AskBody(BaseModel):
-    """The body of ``POST /v1/ask``; other keys are ignored."""
+    """The body of ``POST /v1/ask``; other keys are ignored.
+
+    Example:
+        >>> AskBody.model_validate_json('{"question": "Warranty?", "extra": 1}').conversation_id is None
+        True
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -66,6 +71,11 @@ class Components:
     """What the API talks to; :func:`build_components` makes the real ones, tests pass fakes.
 
     ``redis`` needs ``ping()`` and ``aclose()``; ``limiter`` is None when rate limiting is off.
+
+    Example:
+        >>> from support_agent.config import load_settings
+        >>> build_components(load_settings({"OPENAI_API_KEY": "sk-x"})).limiter is None
+        True
     """
 
     llm: Any
@@ -80,7 +90,14 @@ class Components:
 
 
 def build_components(settings: Settings) -> Components:
-    """The real clients for ``settings`` (none of them connects yet)."""
+    """The real clients for ``settings`` (none of them connects yet).
+
+    Example:
+        >>> from support_agent.config import load_settings
+        >>> parts = build_components(load_settings({"OPENAI_API_KEY": "sk-x"}))
+        >>> parts.cache.ttl, parts.knowledge.collection
+        (3600, 'support_kb')
+    """
     metrics = Metrics()
     metrics.expect_models(settings.model.model_name, settings.vector_store.embedding_model)
     redis = make_redis(settings.redis_url, settings.cache.timeout)

@@ -85,6 +85,12 @@ def read_documents(directory: Path) -> tuple[int, list[Section]]:
 
     Raises:
         IngestError: The directory is missing or holds no markdown document.
+
+    Example:
+        >>> read_documents(Path("/nonexistent"))
+        Traceback (most recent call last):
+        ...
+        support_agent.ingest.IngestError: --docs /nonexistent: not a directory
     """
     if not directory.is_dir():
         raise IngestError(f"--docs {directory}: not a directory")

@@ -77,6 +77,11 @@ class RateLimiter:
         client: A ``redis.asyncio.Redis``.
         requests_per_second: Refill rate.
         burst: Capacity.
+
+    Example:
+        >>> from support_agent.cache import make_redis
+        >>> RateLimiter(make_redis("redis://127.0.0.1:6379/0", 0.5), 2.0, 5).burst
+        5
     """
 
     def __init__(self, client: Any, requests_per_second: float, burst: int) -> None:
