@@ -59,9 +59,7 @@ def _add_compose_cli(sub: Any) -> None:
     p = sub.add_parser(
         "compose", help="render the stack as docker-compose.yml (+ its config files)",
         description="Render the seed's stack for users who deploy with docker-compose.")
-    p.add_argument("--env", default="production",
-                   help="environment overlay to render (default: production)")
-    p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
+    add_cli_options(p, "compose", defaults={"env": "production"})
     p.add_argument("--output", default=DEFAULT_OUTPUT,
                    help=f"compose file to write; config files go next to it "
                         f"(default: {DEFAULT_OUTPUT})")
@@ -76,10 +74,7 @@ def _add_images_cli(sub: Any) -> None:
     build = actions.add_parser("build", help="build what is missing or out of date; tag the roles")
     listing = actions.add_parser("list", help="show each role's image and whether it exists")
     for p in (build, listing):
-        p.add_argument("--env", help="environment overlay to use (default: from config)")
-        p.add_argument("--config", help="config file (default: ./agentverify.yaml)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set stack.images.redis=redis:7")
+        add_cli_options(p, "images")
     build.add_argument("--rebuild", action="store_true",
                        help="rebuild the base and runtime images even when their tags exist")
     build.add_argument("--project-dir",
@@ -274,7 +269,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
     from agentverify.compose import write_compose
     from agentverify.config import load_config
 
-    config = load_config(args.config, args.env, environ={})
+    values = cli_values(args, os.environ)
+    # rendered from the file alone: AGENTVERIFY_* overrides of this shell must not leak
+    # into files that are committed
+    config = load_config(values.config, values.env, environ={})
     written = write_compose(config, args.output)
     for path in written:
         print(f"wrote {path}")
@@ -287,14 +285,13 @@ def _say(line: str) -> None:
 
 def cmd_images(args: argparse.Namespace) -> int:
     """``agentverify images build|list``: 0 ok, 2 usage / missing tool (one line), 3 failure."""
-    from agentverify.config import load_config, parse_override
+    from agentverify.config import load_config
     from agentverify.errors import BackendUnavailable
     from agentverify.images import build_images
 
     try:
-        overrides = dict(parse_override(item) for item in getattr(args, "set", []) or [])
-        config = load_config(getattr(args, "config", None), getattr(args, "env", None),
-                             overrides=overrides)
+        values = cli_values(args, os.environ)
+        config = load_config(values.config, values.env, overrides=values.overrides())
         if args.images_action == "list":
             return _list_images(config)
         report = build_images(config, progress=_say, rebuild=getattr(args, "rebuild", False),

@@ -46,7 +46,7 @@ class Option:
     #: valid values, computed when the help is shown or a value is checked
     choices: Callable[[], list[str]] | None = None
     #: ``agentverify`` subcommands that take it (the pytest plugin takes every option)
-    commands: tuple[str, ...] = ("up", "run", "config")
+    commands: tuple[str, ...] = ("up", "run", "config", "images", "compose")
 
     @property
     def dest(self) -> str:
@@ -81,13 +81,13 @@ OPTIONS: tuple[Option, ...] = (
            env="AGENTVERIFY_CONFIG"),
     Option("backend", "where the stack runs: auto (docker when an engine answers, else "
                       "local) or a backend name", env="AGENTVERIFY_BACKEND",
-           choices=_backend_choices),
+           choices=_backend_choices, commands=("up", "run", "config")),
     Option("report-dir", "directory for results.json / results.html / stack.json",
            default="reports", env="AGENTVERIFY_REPORT_DIR", commands=("up", "run", "config")),
     Option("load-workers", "Locust worker processes for load steps (0: in one process)",
            kind="int", commands=("run",)),
     Option("set", "override a config key, e.g. stack.replicas=5 (repeatable)", kind="list",
-           metavar="KEY=VALUE", default=()),
+           metavar="KEY=VALUE", default=(), commands=("up", "run", "config", "images")),
 )
 
 
@@ -187,17 +187,26 @@ def pytest_values(config: Any, environ: Mapping[str, str]) -> OptionValues:
     return resolve_options(cmdline, ini=ini, environ=environ)
 
 
-def add_cli_options(parser: argparse.ArgumentParser, command: str) -> None:
-    """Register the options ``command`` takes with an argparse (sub)parser."""
+def add_cli_options(parser: argparse.ArgumentParser, command: str, *,
+                    defaults: Mapping[str, str] | None = None) -> None:
+    """Register the options ``command`` takes with an argparse (sub)parser.
+
+    ``defaults`` changes what an option means when not given, for this command only
+    (``compose`` renders ``production`` unless told otherwise).
+    """
+    defaults = defaults or {}
     for opt in OPTIONS:
         if command not in opt.commands:
             continue
+        help_text = opt.describe()
+        if opt.dest in defaults:
+            help_text += f" (default here: {defaults[opt.dest]})"
         kwargs: dict[str, Any] = {"dest": opt.dest, "metavar": opt.shown_metavar(),
-                                  "help": opt.describe()}
+                                  "help": help_text}
         if opt.kind == "list":
             kwargs.update(action="append", default=[])
         else:
-            kwargs.update(default=None, type=int if opt.kind == "int" else str)
+            kwargs.update(default=defaults.get(opt.dest), type=int if opt.kind == "int" else str)
         parser.add_argument(opt.cli_flag, **kwargs)
 
 
