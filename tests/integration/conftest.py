@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 
 from agentverify.session import AgentVerifySession
+from agentverify.stack.backend import backend_names
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "agentverify.yaml"
-BACKENDS = [pytest.param("local", id="local"),
-            pytest.param("docker", id="docker", marks=pytest.mark.docker)]
+#: every backend of the registry (a backend that needs an engine carries its marker)
+BACKENDS = [pytest.param(name, id=name, marks=[getattr(pytest.mark, name)]
+                         if name == "docker" else [])
+            for name in backend_names()]
 
 _LOCAL_BINARIES = {"redis-server": "redis-server", "nginx": "nginx-light",
                    "prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}

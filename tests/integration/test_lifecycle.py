@@ -14,12 +14,11 @@ import pytest
 
 from agentverify.errors import ServiceNotReady, StackError
 from agentverify.stack.runstate import terminate_group
-from tests.integration.conftest import CONFIG, make_session, require_backend
+from tests.integration.conftest import BACKENDS, CONFIG, make_session, require_backend
 from tests.integration.helpers import leftovers, processes_of_run, wait_for_file, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BACKENDS = [pytest.param("local"), pytest.param("docker", marks=pytest.mark.docker)]
 
 
 @pytest.fixture
