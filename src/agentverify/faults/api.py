@@ -64,9 +64,10 @@ class ProxyCollection:
         'redis'
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, count_bytes: bool = False) -> None:
         self.proxies: dict[str, Proxy] = {}
         self.lock = asyncio.Lock()
+        self.count_bytes = count_bytes  # proxies count their bytes (for /metrics)
 
     def get(self, name: str) -> Proxy:
         try:
@@ -87,7 +88,7 @@ class ProxyCollection:
             raise _missing("upstream")
         if name in self.proxies:
             raise ApiError(*ERR_PROXY_EXISTS)
-        proxy = Proxy(name, given.get("listen", ""), upstream)
+        proxy = Proxy(name, given.get("listen", ""), upstream, count_bytes=self.count_bytes)
         if given.get("enabled", True):
             await proxy.start()
         self.proxies[name] = proxy
@@ -138,7 +139,7 @@ class ProxyCollection:
             if not await existing.differs(listen, upstream):
                 return existing
             existing.stop()
-        proxy = Proxy(name, listen, upstream)
+        proxy = Proxy(name, listen, upstream, count_bytes=self.count_bytes)
         if entry.get("enabled", True):
             await proxy.start()
         self.proxies[name] = proxy
@@ -242,6 +243,7 @@ class ToxiproxyAPI:
 
     def __init__(self, collection: ProxyCollection, *, metrics: bool = False, runtime_metrics: bool = False):
         self.collection = collection
+        collection.count_bytes = collection.count_bytes or metrics
         self.metrics_enabled = metrics or runtime_metrics
         self._proxy_metrics = metrics
         self._runtime_metrics = runtime_metrics

@@ -119,7 +119,8 @@ class ToxiproxyClient:
         return f"ToxiproxyClient({self.base_url!r})"
 
     # -- the one place HTTP becomes our errors
-    def _call(self, what: str, method: str, path: str, *, body: Any = None, expect: tuple[int, ...] = (200,)) -> Any:
+    def _call(self, what: str, method: str, path: str, *, body: Any = None,
+              expect: tuple[int, ...] = (200,)) -> Any:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:

@@ -327,8 +327,10 @@ async def pipe_latency(stage: Stage, attrs: dict[str, int], rng: random.Random) 
         # Relative to when the chunk was read, so chunks in flight overlap (throughput kept);
         # the timestamp moves on by what was slept, so a second latency toxic adds up.
         sleep = latency_delay(attrs["latency"], attrs["jitter"], rng) - (stage.now() - chunk.ts)
-        if sleep > 0:
-            await _held(stage, asyncio.sleep(sleep), chunk)
+        due = stage.now() + sleep
+        # Timers may fire up to a millisecond early (uvloop): wait until the chunk is due.
+        while (left := due - stage.now()) > 0:
+            await _held(stage, asyncio.sleep(left), chunk)
         chunk.ts += sleep
         await stage.emit(chunk)
     stage.close()
