@@ -69,11 +69,12 @@ class PanelTarget:
 
 @dataclass(frozen=True)
 class Panel:
-    """A panel that draws queries: its title, type and (visible) targets."""
+    """A panel that draws queries: its title, type, (visible) targets and Grafana unit."""
 
     title: str
     type: str
     targets: tuple[PanelTarget, ...]
+    unit: str = ""  # fieldConfig.defaults.unit, e.g. "reqps", "s", "short"
 
     @property
     def exprs(self) -> list[str]:
@@ -215,7 +216,11 @@ def _load_panels(raw_panels: list[Any], prefix: str, source: str) -> list[Panel]
             legend = target.get("legendFormat") or ""
             loaded.append(PanelTarget(expr=expr, legend=str(legend),
                                       ref_id=str(target.get("refId") or "")))
-        panels.append(Panel(title=title, type=str(kind), targets=tuple(loaded)))
+        field_config = raw.get("fieldConfig")
+        defaults = field_config.get("defaults") if isinstance(field_config, dict) else None
+        unit = defaults.get("unit") if isinstance(defaults, dict) else None
+        panels.append(Panel(title=title, type=str(kind), targets=tuple(loaded),
+                            unit=str(unit or "")))
     return panels
 
 

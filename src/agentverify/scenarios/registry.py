@@ -46,6 +46,7 @@ class StepType:
     params: type[StepParams]
     facts: tuple[str, ...]
     doc: str
+    timeline: str | None = None  # the kind of timeline event it is ("rollout"); None: "step"
 
 
 STEPS: dict[str, StepType] = {}
@@ -60,13 +61,17 @@ BUILTIN_MODULES = (
 
 
 def step(name: str, *, params: type[StepParams] = StepParams,
-         facts: tuple[str, ...] = ()) -> Callable[[Callable[..., dict[str, Any]]],
-                                                  Callable[..., dict[str, Any]]]:
-    """Register a step type under ``name``."""
+         facts: tuple[str, ...] = (), timeline: str | None = None,
+         ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Register a step type under ``name``.
+
+    ``timeline`` is the kind of event its run is on the report's timeline (``"rollout"``
+    for steps that change what serves traffic); by default a plain ``"step"``.
+    """
 
     def register(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         STEPS[name] = StepType(name, func, params, tuple(facts),
-                               (func.__doc__ or "").strip().split("\n")[0])
+                               (func.__doc__ or "").strip().split("\n")[0], timeline)
         return func
 
     return register

@@ -1,0 +1,140 @@
+"""The dashboard's panels over the whole run, kept in the journal for the report.
+
+Grafana does not run here; the HTML report draws its panels instead. At the end of a run
+(just before the shared stack, and its Prometheus, is torn down) :func:`record_panels`
+runs every panel query of the dashboard as a Prometheus *range* query over the run and
+stores the result in :attr:`RunJournal.panels <agentverify.report.journal.RunJournal>`,
+so a saved ``results.json`` can be drawn again later without Prometheus::
+
+    {"Request Rate": {"expr": "sum by (type) (rate(requests_total[5m]))",
+                      "unit": "req/s", "step": 1.0,
+                      "series": [{"labels": {"type": "chat"}, "legend": "chat",
+                                  "points": [[1717171717.0, 4.2], ...]}]}, ...}
+
+Values are converted to the unit a reader wants (seconds of latency become ms); a point
+Prometheus could not compute (``NaN``, e.g. a quantile with no requests) is ``null``,
+drawn as a gap.
+
+Example:
+    >>> with PrometheusClient(stack.endpoints["prometheus"]) as prom:      # doctest: +SKIP
+    ...     panels = capture_panels(prom, load_dashboard(), t0, time.time())
+    >>> panels["Latency"]["unit"], len(panels["Latency"]["series"][0]["points"])  # doctest: +SKIP
+    ('ms', 61)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agentverify.monitoring.dashboard import Dashboard, Panel, load_dashboard, substitute_variables
+from agentverify.report.journal import RunJournal
+
+__all__ = ["capture_panels", "record_panels", "panel_unit", "MAX_POINTS"]
+
+#: points per series at most (a long soak is stepped more coarsely, never truncated)
+MAX_POINTS = 600
+#: seconds of data kept before the first scenario (the stack's first scrapes)
+LEAD_S = 5.0
+
+# Grafana unit -> (unit shown, factor applied to the values)
+_GRAFANA_UNITS = {"reqps": ("req/s", 1.0), "rps": ("req/s", 1.0), "s": ("ms", 1000.0),
+                  "ms": ("ms", 1.0), "percentunit": ("%", 100.0), "percent": ("%", 1.0),
+                  "short": ("", 1.0), "none": ("", 1.0)}
+_LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def panel_unit(panel: Panel) -> tuple[str, float]:
+    """The unit a panel's values are shown in, and the factor to get there.
+
+    Grafana's rate units say "per second" of *something*: the seed's error panel counts
+    errors and its token panel tokens, so the title decides what is counted.
+
+    Example:
+        >>> panel_unit(load_dashboard().panel("Latency"))
+        ('ms', 1000.0)
+        >>> panel_unit(load_dashboard().panel("Token Usage"))
+        ('tokens/s', 1.0)
+    """
+    unit, factor = _GRAFANA_UNITS.get(panel.unit, (panel.unit, 1.0))
+    title = panel.title.lower()
+    if "error" in title and unit in ("req/s", ""):
+        unit = "errors/s"
+    elif "token" in title and unit in ("req/s", ""):
+        unit = "tokens/s"
+    elif unit == "" and "rate" in title:
+        unit = "/s"
+    return unit, factor
+
+
+def _legend(template: str, labels: dict[str, str]) -> str:
+    if template:
+        return _LEGEND_LABEL.sub(lambda m: labels.get(m.group(1), ""), template).strip() or "series"
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "series"
+
+
+def _value(value: float, factor: float) -> float | None:
+    return round(value * factor, 6) if math.isfinite(value) else None
+
+
+def capture_panels(prometheus: Any, dashboard: Dashboard, start: float, end: float, *,
+                   max_points: int = MAX_POINTS, min_step: float = 1.0) -> dict[str, Any]:
+    """Every panel of ``dashboard`` as range queries over ``[start, end]``.
+
+    The step is ``min_step`` (1 s) for short runs and grows so that no series has more
+    than ``max_points`` points.
+
+    Args:
+        prometheus: A :class:`~agentverify.monitoring.prometheus.PrometheusClient`.
+        dashboard: From :func:`~agentverify.monitoring.dashboard.load_dashboard`.
+        start, end: Unix seconds.
+
+    Raises:
+        StackError: Prometheus is unreachable or rejected a query.
+    """
+    span = max(end - start, 0.0)
+    step = max(min_step, math.ceil(span / max(max_points - 1, 1)))
+    window = f"{max(60, int(4 * step))}s"  # what Grafana's $__rate_interval stands for
+    panels: dict[str, Any] = {}
+    for panel in dashboard.panels:
+        unit, factor = panel_unit(panel)
+        series = []
+        for target in panel.targets:
+            query = substitute_variables(target.expr, window=window)
+            for s in prometheus.query_range(query, start, end, step):
+                series.append({"labels": s.labels, "legend": _legend(target.legend, s.labels),
+                               "points": [[round(t, 3), _value(v, factor)] for t, v in s.values]})
+        panels[panel.title] = {"expr": "; ".join(panel.exprs), "unit": unit, "step": step,
+                               "series": series}
+    return panels
+
+
+def record_panels(journal: RunJournal, stack: Any, *, dashboard: Dashboard | None = None,
+                  say: Callable[[str], None] = print, max_points: int = MAX_POINTS) -> None:
+    """Capture the panels over the run into ``journal`` (call before the stack goes down).
+
+    Marks the journal ended. Never raises: a capture that fails (Prometheus already gone,
+    a bad query) is noted in ``journal.panels_error`` and said, and the run goes on.
+
+    Example:
+        >>> record_panels(session.journal, stack, say=session.say)        # doctest: +SKIP
+    """
+    end = time.time()
+    journal.ended = end
+    starts = [s.started for s in journal.scenarios if s.started is not None]
+    if not starts:
+        return  # nothing ran on this stack
+    start = max(journal.started, min(starts) - LEAD_S)
+    from agentverify.monitoring.prometheus import PrometheusClient
+
+    try:
+        with PrometheusClient(stack.endpoints["prometheus"]) as prom:
+            journal.panels = capture_panels(prom, dashboard or load_dashboard(), start, end,
+                                            max_points=max_points)
+        journal.panels_error = None
+    except Exception as exc:  # the report loses its panels; the run's verdict must not change
+        journal.panels_error = f"{type(exc).__name__}: {exc}"
+        say(f"could not capture the dashboard panels for the report: {journal.panels_error}")
