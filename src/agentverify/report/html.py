@@ -29,8 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import html
 import io
+import json
 import math
 import os
 import re
@@ -304,7 +306,7 @@ def _series_svg(prefix: str, name: str, series: dict[str, Any], scenario: dict[s
         _bands(ax, events, start, span)
     _value_axis(ax, unit)
     _time_axis(ax, span, start, "scenario start")
-    ax.set_title(f"{name} ({unit})" if unit else name, fontsize=9.5, loc="left")
+    ax.set_title(f"{name} ({unit})" if unit and unit != name else name, fontsize=9.5, loc="left")
     return _svg(fig, prefix, f"{name} over the scenario")
 
 
@@ -487,6 +489,20 @@ def _steps(s: dict[str, Any]) -> str:
 
 
 def _scenario(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
+    events = [ev for ev in timeline if ev.get("scenario") == s["name"]
+              and ev["kind"] not in ("step", "scenario")]
+    return _scenario_cached(json.dumps([index, s, events], sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=128)
+def _scenario_cached(key: str) -> str:
+    # the session rewrites the report after every scenario: a finished scenario's section
+    # (its figures are most of the work) is drawn once, not once per later scenario
+    index, s, events = json.loads(key)
+    return _scenario_section(index, s, events)
+
+
+def _scenario_section(index: int, s: dict[str, Any], events: list[dict[str, Any]]) -> str:
     ok = bool(s.get("passed"))
     failed_gates = [g for g in s.get("gates", []) if not g["passed"]]
     meta = (f"{len(failed_gates)} of {len(s.get('gates', []))} gates failed" if not ok
@@ -500,8 +516,6 @@ def _scenario(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> 
     if s.get("error"):
         out.append(f'<h3>Error</h3><div class="err">{e(s["error"])}</div>')
     out.append("<h3>Gates</h3>" + _gates_table(s.get("gates", [])))
-    events = [ev for ev in timeline if ev.get("scenario") == s["name"]
-              and ev["kind"] not in ("step", "scenario")]
     series = s.get("series") or {}
     if series:
         out.append('<h3>Over time</h3><div class="grid small">')
@@ -514,8 +528,8 @@ def _scenario(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> 
     out.append(_cost(s.get("facts", {})))
     out.append(_steps(s))
     for instance, text in (s.get("logs") or {}).items():
-        out.append(f"<h3>{e(instance)}: last log lines</h3>"
-                   f"<pre class=log>{e(_ANSI.sub('', text))}</pre>")
+        text = _ANSI.sub("", text).strip() or "(no output)"
+        out.append(f"<h3>{e(instance)}: last log lines</h3><pre class=log>{e(text)}</pre>")
     facts = s.get("facts") or {}
     if facts:
         rows = "".join(f"<tr><td>{e(k)}</td><td>{e(format_value(v))}</td></tr>"

@@ -37,8 +37,6 @@ __all__ = ["capture_panels", "record_panels", "panel_unit", "MAX_POINTS"]
 
 #: points per series at most (a long soak is stepped more coarsely, never truncated)
 MAX_POINTS = 600
-#: seconds of data kept before the first scenario (the stack's first scrapes)
-LEAD_S = 5.0
 
 # Grafana unit -> (unit shown, factor applied to the values)
 _GRAFANA_UNITS = {"reqps": ("req/s", 1.0), "rps": ("req/s", 1.0), "s": ("ms", 1000.0),
@@ -124,10 +122,10 @@ def record_panels(journal: RunJournal, stack: Any, *, dashboard: Dashboard | Non
     """
     end = time.time()
     journal.ended = end
-    starts = [s.started for s in journal.scenarios if s.started is not None]
-    if not starts:
+    if not journal.scenarios:
         return  # nothing ran on this stack
-    start = max(journal.started, min(starts) - LEAD_S)
+    # the whole run, the stack's start-up included (its first scrapes are the baseline)
+    start = journal.started
     from agentverify.monitoring.prometheus import PrometheusClient
 
     try:
