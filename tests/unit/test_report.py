@@ -32,7 +32,13 @@ from agentverify.report.journal import (
     read_journal,
 )
 from agentverify.report.junit import render_junit, write_junit
-from agentverify.report.panels import capture_panels, panel_unit, record_panels
+from agentverify.report.panels import (
+    capture_panels,
+    panel_unit,
+    rate_window,
+    record_panels,
+    with_window,
+)
 from agentverify.report.summary import first_failure, summary_lines
 
 JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
@@ -389,6 +395,20 @@ def test_capture_panels_steps_by_the_second_and_caps_the_points() -> None:
     prom = FakePrometheus()
     long = capture_panels(prom, load_dashboard(), T0, T0 + 6 * 3600)
     assert prom.calls[0][3] == 37 and len(long["Latency"]["series"][0]["points"]) <= 600
+
+
+def test_capture_panels_sizes_the_rate_windows_to_the_run() -> None:
+    prom = FakePrometheus()
+    panels = capture_panels(prom, load_dashboard(), T0, T0 + 60, window=rate_window(1.0, 1.0))
+    assert all("[10s]" in c[0] and "[5m]" not in c[0] for c in prom.calls)
+    assert panels["Request Rate"]["expr"] == "sum by (type) (rate(requests_total[5m]))"
+    assert panels["Request Rate"]["query"] == "sum by (type) (rate(requests_total[10s]))"
+    assert with_window("max_over_time(x[5m:1m]) + rate(y[ 2h ])", "30s") == \
+        "max_over_time(x[5m:1m]) + rate(y[30s])"  # a subquery keeps its own range
+    assert rate_window(30.0, 15.0) == "60s" and rate_window(1.0, 5.0) == "20s"
+    page = render_html({"env": "dev", "backend": "local", "scenarios": [], "timeline": [],
+                        "panels": panels, "started_unix": T0})
+    assert "dashboard: sum by (type) (rate(requests_total[5m])) (rate window sized" in page
 
 
 def test_panel_units_read_as_people_say_them() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "dashboard_path",
     "load_dashboard",
     "substitute_variables",
+    "duration_seconds",
     "check_dashboard",
 ]
 
@@ -266,7 +267,16 @@ def load_dashboard(path: str | os.PathLike[str] | None = None) -> Dashboard:
                      source=source)
 
 
-def _seconds(window: str) -> float:
+def duration_seconds(window: str) -> float:
+    """Seconds in a Prometheus duration (``"90s"``, ``"5m"``, ``"1h"``).
+
+    Raises:
+        ValueError: Not a single-unit Prometheus duration.
+
+    Example:
+        >>> duration_seconds("5m")
+        300.0
+    """
     match = _DURATION.match(window)
     if not match:
         raise ValueError(f"window {window!r}: expected a Prometheus duration such as '1m'")
@@ -284,7 +294,7 @@ def substitute_variables(expr: str, *, window: str = "1m") -> str:
         >>> substitute_variables("rate(requests_total[$__rate_interval])", window="2m")
         'rate(requests_total[2m])'
     """
-    seconds = _seconds(window)
+    seconds = duration_seconds(window)
     values = {
         "__rate_interval": window,
         "__interval": window,

@@ -240,8 +240,9 @@ def _panel_svg(index: int, title: str, panel: dict[str, Any], timeline: list[dic
             continue
         xs = [p[0] - origin for p in pts]
         ys = [_nan(p[1]) for p in pts]
-        ax.plot(xs, ys, color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], linewidth=1.3,
-                label=s.get("legend") or "series", zorder=4)
+        (line,) = ax.plot(xs, ys, color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], linewidth=1.3,
+                          label=s.get("legend") or "series", zorder=4)
+        line.set_gid(f"series-{i}")  # the page's data lines, findable apart from bands and axes
         drawn += 1
     values = [v for s in panel.get("series", []) for _t, v in s.get("points", []) if v is not None]
     ax.set_ylim(0, max(values) * 1.18 if values and max(values) > 0 else 1.0)
@@ -284,12 +285,14 @@ def _series_svg(prefix: str, name: str, series: dict[str, Any], scenario: dict[s
     xs = [p[0] + shift for p in pts]
     ys = [_nan(p[1]) for p in pts]
     if unit.startswith("failed"):
-        ax.bar(xs, ys, width=0.9, align="edge", color="#c5221f", zorder=4, label=name)
+        ax.bar(xs, ys, width=0.9, align="edge", color="#c5221f", zorder=4, label=name,
+               gid="series-0")
     elif len(pts) > 200:  # one point per request: dots show spread and outliers
-        ax.plot(xs, ys, ".", markersize=2.2, color="#1a73e8", zorder=4, label=name)
+        ax.plot(xs, ys, ".", markersize=2.2, color="#1a73e8", zorder=4, label=name,
+                gid="series-0")
     else:
         ax.plot(xs, ys, color="#1a73e8", linewidth=1.4, marker="o", markersize=2.5, zorder=4,
-                label=name)
+                label=name, gid="series-0")
     threshold = series.get("threshold")
     label = f"{series.get('threshold_label') or 'threshold'} {format_value(threshold)}"
     if threshold is None:
@@ -360,6 +363,14 @@ def _run_span(data: dict[str, Any]) -> tuple[float, float] | None:
     return origin, max(max(times) - origin, 1.0)
 
 
+def _caption(panel: dict[str, Any]) -> str:
+    query, expr = panel.get("query") or panel.get("expr", ""), panel.get("expr", "")
+    text = f"{e(query)} · step {format_value(panel.get('step', 0.0))} s"
+    if query != expr:
+        text += f" · dashboard: {e(expr)} (rate window sized to the run)"
+    return text
+
+
 def _dashboard(data: dict[str, Any]) -> str:
     out = ['<section id="dashboard"><h2>Dashboard: the seed\'s panels over the run</h2>']
     panels = data.get("panels") or {}
@@ -375,8 +386,7 @@ def _dashboard(data: dict[str, Any]) -> str:
         points = sum(len(s.get("points", [])) for s in panel.get("series", []))
         out.append(f'<figure class="panel" data-panel="{e(title)}" data-points="{points}">'
                    f"{_panel_svg(i, title, panel, timeline, origin, width)}"
-                   f'<figcaption>{e(panel.get("expr", ""))} · step {panel.get("step", "?")} s'
-                   f"</figcaption></figure>")
+                   f"<figcaption>{_caption(panel)}</figcaption></figure>")
     out.append("</div>")
     if data.get("panels_error"):
         out.append(f'<p class="note">{e(data["panels_error"])}</p>')
@@ -491,7 +501,7 @@ def _steps(s: dict[str, Any]) -> str:
 def _scenario(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
     events = [ev for ev in timeline if ev.get("scenario") == s["name"]
               and ev["kind"] not in ("step", "scenario")]
-    return _scenario_cached(json.dumps([index, s, events], sort_keys=True, default=str))
+    return _scenario_cached(json.dumps([index, s, events], default=str))
 
 
 @functools.lru_cache(maxsize=128)
