@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -85,6 +87,14 @@ def make_journal(*, red: bool = True, p95: float = 40.0, cost: float = 0.0004) -
 
 
 # ------------------------------------------------------------------------------ journal
+
+
+def test_matplotlib_is_loaded_only_to_draw_a_report() -> None:
+    code = ("import sys, agentverify.plugin, agentverify.session, agentverify.report.journal, "
+            "agentverify.report.panels, agentverify.report.junit, agentverify.report.summary; "
+            "print('matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
 
 
 def test_journal_json_keeps_the_old_keys_and_adds_the_new_ones() -> None:

@@ -110,7 +110,8 @@ PROJECT_ENV = "AGENTVERIFY_PROJECT_DIR"
 SOURCE_LABEL = "agentverify.source-hash"
 MIN_FREE_BYTES = 2 * 1024**3  # a rootfs is ~300 MB, its tar stream is not written to disk
 # Dev-only extras never go into the image: the containers need only the runtime deps.
-_EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
+# matplotlib only draws results.html, on the host (~40 MB with numpy that no service uses).
+_EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout", "matplotlib"}
 _HASH_LEN = 12
 
 Progress = Callable[[str], None]
