@@ -293,7 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: cannot write the reports ({exc.strerror or exc})") from exc
     console = Console(soft_wrap=True, highlight=False)
     styles = {"pass": "green", "fail": "red", "info": ""}
-    lines = summary_lines(data, report_dir=out)
+    lines = summary_lines(data, report_dir=out, files=("results.html", "junit.xml"))
     if other is not None:
         lines[-1:-1] = compare_lines(compare_runs(data, other), args.compare)
     console.rule(summary_title(data))

@@ -224,6 +224,7 @@ def test_compare_marks_a_p95_regression_still_under_its_threshold_as_worse() -> 
     cost = rows[("rolling-update", "cost_per_request_usd")]  # not gated, still compared
     assert cost.threshold == "" and cost.trend == "worse"
     assert rows[("smoke", "chat_status")].trend == "same"
+    assert rows[("smoke", "chat_status")].change_text == ""  # nothing to say
 
 
 def test_compare_by_verdict_and_direction_and_missing_gates() -> None:
@@ -249,9 +250,10 @@ def test_compare_lines_count_regressions() -> None:
     rows = compare_runs(make_journal(p95=560.0).to_json(), make_journal(p95=400.0).to_json())
     lines = compare_lines(rows, "last.json")
     assert lines[0].text.startswith("compared with last.json: ") and lines[0].status == "fail"
+    assert "rolling-update › p95_ms" in lines[1].text  # the regression leads
     (p95,) = [line for line in lines if "rolling-update › p95_ms" in line.text]
     assert p95.text.split()[0] == "WORSE"
-    assert "560 vs 400 (+160 (+40.0%)), threshold <= 800" in p95.text
+    assert "560 vs 400: +160 (+40.0%), threshold <= 800" in p95.text
 
 
 # ------------------------------------------------------------------------------ summary

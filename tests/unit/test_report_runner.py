@@ -143,6 +143,8 @@ def test_report_re_renders_a_saved_journal_and_prints_the_summary(
     assert "1 of 2 scenarios passed; first failing gate: rolling-update › failed_requests: " \
            "measured 2, threshold == 0" in out
     assert "  FAIL failed_requests: measured 2, threshold == 0" in out
+    out_dir = tmp_path / "out"
+    assert f"reports: {out_dir / 'results.html'}, {out_dir / 'junit.xml'}" in out
     page = (tmp_path / "out" / "results.html").read_text(encoding="utf-8")
     assert page.index('id="first-failure"') < page.index('id="dashboard"')
     root = ET.parse(tmp_path / "out" / "junit.xml").getroot()
@@ -157,7 +159,7 @@ def test_report_compare_shows_each_gate_beside_the_other_run(
                  str(tmp_path / "last.json")]) == 0
     out = capsys.readouterr().out
     assert f"compared with {tmp_path / 'last.json'}: " in out
-    assert "WORSE   rolling-update › p95_ms: 560 vs 400 (+160 (+40.0%)), threshold <= 800" in out
+    assert "WORSE   rolling-update › p95_ms: 560 vs 400: +160 (+40.0%), threshold <= 800" in out
     page = (tmp_path / "results.html").read_text(encoding="utf-8")  # beside the journal
     assert '<section id="compare">' in page
 

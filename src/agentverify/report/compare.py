@@ -21,7 +21,7 @@ from agentverify.errors import ScenarioSchemaError
 from agentverify.gates import Gate, format_value
 from agentverify.report.summary import SummaryLine
 
-__all__ = ["GateDelta", "compare_runs", "compare_lines", "KEY_FACTS"]
+__all__ = ["GateDelta", "compare_runs", "compare_lines", "worse_first", "KEY_FACTS"]
 
 #: figures compared even when no gate names them: fact -> True when lower is better
 KEY_FACTS = {"p50_ms": True, "p95_ms": True, "p99_ms": True, "probe_p95_ms": True,
@@ -58,7 +58,8 @@ class GateDelta:
 
     @property
     def change_text(self) -> str:
-        if self.change is None:
+        """``+82 (+19.1%)``; empty when nothing changed or the figures are not numbers."""
+        if not self.change:
             return ""
         sign = "+" if self.change > 0 else ""
         pct = f" ({sign}{self.change_ratio:.1%})" if self.change_ratio is not None else ""
@@ -141,19 +142,24 @@ def compare_runs(this: dict[str, Any], other: dict[str, Any]) -> list[GateDelta]
     return rows
 
 
+def worse_first(rows: list[GateDelta]) -> list[GateDelta]:
+    """Regressions first (what a reader looks for), otherwise in run order."""
+    return sorted(rows, key=lambda r: r.trend != "worse")
+
+
 def compare_lines(rows: list[GateDelta], other_label: str) -> list[SummaryLine]:
-    """The comparison for a terminal: one line per figure, regressions marked.
+    """The comparison for a terminal: one line per figure, regressions first and marked.
 
     Example:
         >>> [l.text for l in compare_lines(rows, "last.json")][1]        # doctest: +SKIP
-        '  WORSE  load-slo › p95_ms: 512 vs 430 (+82, +19.1%), threshold <= 800'
+        '  WORSE   load-slo › p95_ms: 512 vs 430: +82 (+19.1%), threshold <= 800'
     """
     worse = sum(1 for r in rows if r.trend == "worse")
     lines = [SummaryLine(f"compared with {other_label}: {len(rows)} figure(s), {worse} worse",
                          "fail" if worse else "pass", bold=True)]
-    for r in rows:
+    for r in worse_first(rows):
         status = {"worse": "fail", "better": "pass"}.get(r.trend, "info")
-        change = f" ({r.change_text})" if r.change_text else ""
+        change = f": {r.change_text}" if r.change_text else ""
         gate = f", threshold {r.threshold}" if r.threshold else " (not gated)"
         lines.append(SummaryLine(
             f"  {r.trend.upper():<7} {r.scenario} › {r.name}: {format_value(r.measured)} vs "

@@ -416,7 +416,7 @@ def _timeline_table(data: dict[str, Any]) -> str:
 
 
 def _compare(data: dict[str, Any], other: dict[str, Any], other_label: str) -> str:
-    from agentverify.report.compare import compare_runs
+    from agentverify.report.compare import compare_runs, worse_first
 
     rows = compare_runs(data, other)
     worse = sum(1 for r in rows if r.trend == "worse")
@@ -424,7 +424,7 @@ def _compare(data: dict[str, Any], other: dict[str, Any], other_label: str) -> s
            f'<span class="meta">({worse} of {len(rows)} figures worse)</span></h2>',
            "<table><tr><th>scenario</th><th>figure</th><th>threshold</th><th>this run</th>"
            "<th>other run</th><th>change</th><th>trend</th></tr>"]
-    for r in rows:
+    for r in worse_first(rows):
         out.append(f"<tr><td>{e(r.scenario)}</td><td>{e(r.name)}</td>"
                    f"<td>{e(r.threshold or 'not gated')}</td>"
                    f"<td class=num>{e(format_value(r.measured))}</td>"

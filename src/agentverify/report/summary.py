@@ -110,9 +110,10 @@ def summary_title(data: dict[str, Any]) -> str:
     return f"agentverify gates ({data.get('env', '?')}, {data.get('backend', '?')} backend)"
 
 
-def summary_lines(data: dict[str, Any], *, report_dir: str | Path | None = None
-                  ) -> list[SummaryLine]:
-    """The terminal summary of a run: headline, then each scenario with its gates.
+def summary_lines(data: dict[str, Any], *, report_dir: str | Path | None = None,
+                  files: tuple[str, ...] = REPORT_FILES) -> list[SummaryLine]:
+    """The terminal summary of a run: headline, then each scenario with its gates, then
+    where the ``files`` are (when ``report_dir`` is given).
 
     Example:
         >>> [l.text for l in summary_lines(journal.to_json())][:2]       # doctest: +SKIP
@@ -137,5 +138,5 @@ def summary_lines(data: dict[str, Any], *, report_dir: str | Path | None = None
         lines.append(SummaryLine(f"dashboard panels not captured: {data['panels_error']}"))
     if report_dir is not None:
         lines.append(SummaryLine("reports: " + ", ".join(str(Path(report_dir) / f)
-                                                         for f in REPORT_FILES)))
+                                                         for f in files)))
     return lines
