@@ -8,7 +8,7 @@ verdict that changed counts. Key figures that are not gated (``p95_ms``,
 
 Example:
     >>> rows = compare_runs(this_json, last_week_json)                    # doctest: +SKIP
-    >>> [(r.scenario, r.name, r.trend) for r in rows if r.trend == "worse"]
+    >>> [(r.scenario, r.name, r.trend) for r in rows if r.trend == "worse"]  # doctest: +SKIP
     [('load-slo', 'p95_ms', 'worse')]
 """
 
@@ -40,6 +40,11 @@ class GateDelta:
         trend: ``worse``, ``better``, ``same``, ``changed`` (different, no direction),
             ``new`` (not in the other run) or ``gone`` (only in the other run).
         threshold: The gate's threshold in this run ("" for an ungated key figure).
+
+    Example:
+        >>> row = compare_runs(this_json, other_json)[0]                  # doctest: +SKIP
+        >>> row.name, row.measured, row.other, row.change_text, row.trend  # doctest: +SKIP
+        ('p95_ms', 560.0, 400.0, '+160 (+40.0%)', 'worse')
     """
 
     scenario: str
@@ -109,6 +114,10 @@ def compare_runs(this: dict[str, Any], other: dict[str, Any]) -> list[GateDelta]
 
     Scenarios and gates are matched by name; rows are in this run's order, then what
     only the other run had (``gone``).
+
+    Example:
+        >>> [r.trend for r in compare_runs(this_json, this_json)]         # doctest: +SKIP
+        ['same', 'same', 'same']
     """
     theirs = {s["name"]: s for s in other.get("scenarios", [])}
     rows: list[GateDelta] = []
@@ -143,7 +152,12 @@ def compare_runs(this: dict[str, Any], other: dict[str, Any]) -> list[GateDelta]
 
 
 def worse_first(rows: list[GateDelta]) -> list[GateDelta]:
-    """Regressions first (what a reader looks for), otherwise in run order."""
+    """Regressions first (what a reader looks for), otherwise in run order.
+
+    Example:
+        >>> [r.trend for r in worse_first(rows)]                          # doctest: +SKIP
+        ['worse', 'same', 'better']
+    """
     return sorted(rows, key=lambda r: r.trend != "worse")
 
 

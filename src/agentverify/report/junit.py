@@ -91,7 +91,13 @@ def _testcase(suite: ET.Element, s: dict[str, Any]) -> None:
 
 
 def render_junit(data: dict[str, Any]) -> ET.ElementTree:
-    """The JUnit document of a journal's JSON (:meth:`RunJournal.to_json`)."""
+    """The JUnit document of a journal's JSON (:meth:`RunJournal.to_json`).
+
+    Example:
+        >>> root = render_junit(journal.to_json()).getroot()              # doctest: +SKIP
+        >>> [c.get("name") for c in root.iter("testcase")]                # doctest: +SKIP
+        ['smoke', 'always-red']
+    """
     scenarios = data.get("scenarios", [])
     errors = sum(1 for s in scenarios if s.get("error"))
     failures = sum(1 for s in scenarios if not s.get("passed") and not s.get("error"))

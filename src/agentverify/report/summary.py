@@ -33,7 +33,12 @@ REPORT_FILES = ("results.json", "results.html", "junit.xml")
 
 @dataclass(frozen=True)
 class SummaryLine:
-    """One line of the summary; ``status`` is ``pass``, ``fail`` or ``info``."""
+    """One line of the summary; ``status`` is ``pass``, ``fail`` or ``info``.
+
+    Example:
+        >>> SummaryLine("smoke: PASSED in 31.2s", "pass", bold=True).status
+        'pass'
+    """
 
     text: str
     status: str = "info"
@@ -42,7 +47,12 @@ class SummaryLine:
 
 @dataclass(frozen=True)
 class FirstFailure:
-    """Where a run first went red: the scenario and its first failed gate (or its error)."""
+    """Where a run first went red: the scenario and its first failed gate (or its error).
+
+    Example:
+        >>> str(FirstFailure("always-red", "chat_status", 200, "== 201"))
+        'always-red › chat_status: measured 200, threshold == 201'
+    """
 
     scenario: str
     gate: str | None = None
@@ -59,7 +69,12 @@ class FirstFailure:
 
 
 def gate_line(gate: dict[str, Any]) -> str:
-    """``PASS name: measured X, threshold Y`` (as :meth:`GateResult.line` writes it)."""
+    """``PASS name: measured X, threshold Y`` (as :meth:`GateResult.line` writes it).
+
+    Example:
+        >>> gate_line({"name": "p95_ms", "measured": 512.3, "threshold": "<= 800", "passed": True})
+        'PASS p95_ms: measured 512.3, threshold <= 800'
+    """
     mark = "PASS" if gate["passed"] else "FAIL"
     return (f"{mark} {gate['name']}: measured {format_value(gate['measured'])}, "
             f"threshold {gate['threshold']}")
@@ -70,6 +85,10 @@ def first_failure(data: dict[str, Any]) -> FirstFailure | None:
 
     A scenario that failed without a failed gate (an error, e.g. the stack did not come
     up) is reported by its error.
+
+    Example:
+        >>> str(first_failure(read_journal("reports/results.json")))       # doctest: +SKIP
+        'always-red › chat_status: measured 200, threshold == 201'
     """
     for s in data.get("scenarios", []):
         if s.get("passed"):
@@ -90,7 +109,13 @@ def _versions(stack: dict[str, Any] | None) -> str:
 
 
 def run_overview(data: dict[str, Any]) -> dict[str, Any]:
-    """The header's facts: env, backend, agent versions, start, duration, passed counts."""
+    """The header's facts: env, backend, agent versions, start, duration, passed counts.
+
+    Example:
+        >>> ov = run_overview(journal.to_json())                          # doctest: +SKIP
+        >>> f"{ov['passed']} of {ov['total']} passed on {ov['versions']}"  # doctest: +SKIP
+        '1 of 2 passed on v1 ×3'
+    """
     scenarios = data.get("scenarios", [])
     started = data.get("started_unix")
     ends = [s["ended"] for s in scenarios if s.get("ended") is not None]
@@ -107,6 +132,12 @@ def run_overview(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_title(data: dict[str, Any]) -> str:
+    """The summary's heading.
+
+    Example:
+        >>> summary_title({"env": "staging", "backend": "local"})
+        'agentverify gates (staging, local backend)'
+    """
     return f"agentverify gates ({data.get('env', '?')}, {data.get('backend', '?')} backend)"
 
 

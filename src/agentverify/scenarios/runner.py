@@ -107,7 +107,8 @@ class ScenarioContext:
 
         Example:
             >>> t0 = time.time(); apply_fault()                           # doctest: +SKIP
-            >>> ctx.event("fault", "redis +200 ms", t=t0, end=time.time(), target="redis")
+            >>> ctx.event("fault", "redis +200 ms", t=t0, end=time.time(),  # doctest: +SKIP
+            ...           target="redis")
         """
         return self.journal.event(kind, label, t=t, end=end, scenario=self.scenario, **detail)
 
@@ -216,7 +217,8 @@ def failure_logs(stack: Any, error: str | None, lines: int = FAILURE_LOG_LINES) 
 
     Example:
         >>> failure_logs(stack, "step 2 (rolling_update): agent-1 did not become healthy")
-        {'agent-1': '... INFO ...'}                                       # doctest: +SKIP
+        ...                                                               # doctest: +SKIP
+        {'agent-1': '... INFO ...'}
     """
     try:
         handles = list(stack.instances())
