@@ -6,6 +6,8 @@
     agentverify reap                                 remove what killed runs left behind
     agentverify compose --env production             the stack as docker-compose.yml (+ files)
     agentverify images build|list                    the stack's images, built without a registry
+    agentverify report [results.json] [--compare OTHER.json] [--out DIR]
+                                                     re-render the reports from a journal
 
 Exit codes: 0 success, 1 a gate failed, 2 bad input (config, scenario, arguments),
 3 the stack could not be brought up, 130 interrupted.
@@ -50,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reap", help="stop processes/containers left by killed runs")
     _add_compose_cli(sub)
     _add_images_cli(sub)
+    rep = sub.add_parser("report", help="re-render results.html and junit.xml from a journal "
+                                        "and print its summary")
+    rep.add_argument("journal", nargs="?", default="reports/results.json",
+                     help="a run's results.json (default: reports/results.json)")
+    rep.add_argument("--compare", metavar="OTHER.json",
+                     help="another run's results.json: every gate beside its figure there")
+    rep.add_argument("--out", metavar="DIR",
+                     help="where results.html and junit.xml go (default: beside the journal)")
     return parser
 
 
@@ -319,8 +329,37 @@ def _list_images(config: Any) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.text import Text
+
+    from agentverify.report.compare import compare_lines, compare_runs
+    from agentverify.report.html import write_html
+    from agentverify.report.journal import read_journal
+    from agentverify.report.junit import write_junit
+    from agentverify.report.summary import summary_lines, summary_title
+
+    data = read_journal(args.journal)
+    other = read_journal(args.compare) if args.compare else None
+    out = Path(args.out) if args.out else Path(args.journal).parent
+    try:
+        write_html(data, out / "results.html", compare=other, compare_label=args.compare or "")
+        write_junit(data, out / "junit.xml")
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the reports ({exc.strerror or exc})") from exc
+    console = Console(soft_wrap=True, highlight=False)
+    styles = {"pass": "green", "fail": "red", "info": ""}
+    lines = summary_lines(data, report_dir=out, files=("results.html", "junit.xml"))
+    if other is not None:
+        lines[-1:-1] = compare_lines(compare_runs(data, other), args.compare)
+    console.rule(summary_title(data))
+    for line in lines:
+        console.print(Text(line.text, style=styles[line.status] + (" bold" if line.bold else "")))
+    return EXIT_OK
+
+
 COMMANDS = {"up": cmd_up, "run": cmd_run, "config": cmd_config, "reap": cmd_reap,
-            "compose": cmd_compose, "images": cmd_images}
+            "compose": cmd_compose, "images": cmd_images, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

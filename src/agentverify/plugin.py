@@ -121,18 +121,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     av = terminalreporter.config.stash.get(SESSION_KEY, None)
     if av is None or not av.journal.scenarios:
         return
+    from agentverify.report.summary import summary_lines, summary_title
+
     tr = terminalreporter
-    tr.section(f"agentverify gates ({av.env}, {av.backend_name} backend)")
-    for result in av.journal.scenarios:
-        verdict = "PASSED" if result.passed else "FAILED"
-        tr.write_line(f"{result.name}: {verdict} in {result.seconds:.1f}s",
-                      green=result.passed, red=not result.passed, bold=True)
-        for gate in result.gates:
-            tr.write_line(f"  {gate.line()}", green=gate.passed, red=not gate.passed)
-        if result.error:
-            tr.write_line(f"  error: {result.error.splitlines()[0]}", red=True)
-    tr.write_line(f"reports: {av.report_dir / 'results.json'}, "
-                  f"{av.report_dir / 'results.html'}")
+    data = av.redactor.scrub(av.journal.to_json())
+    tr.section(summary_title(data))
+    for line in summary_lines(data, report_dir=av.report_dir):
+        tr.write_line(line.text, green=line.status == "pass", red=line.status == "fail",
+                      bold=line.bold)
 
 
 # ---------------------------------------------------------------------------- fixtures

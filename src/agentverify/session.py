@@ -190,7 +190,8 @@ class AgentVerifySession:
             with cm as stack:
                 ctx = ScenarioContext(stack, self.config, env=self.env,
                                       report_dir=self.report_dir, say=self.say,
-                                      backend=self.backend_name, new_stack=self.fresh_stack)
+                                      backend=self.backend_name, new_stack=self.fresh_stack,
+                                      journal=self.journal)
                 try:
                     result = run_scenario(spec, ctx)
                 finally:
@@ -214,20 +215,22 @@ class AgentVerifySession:
     # ------------------------------------------------------------------ reports
 
     def write_reports(self) -> list[Path]:
-        """results.json (and results.html); a failing writer is reported, never raised."""
+        """results.json, results.html and junit.xml; a failing writer is reported, never raised."""
         written = []
         try:
             written.append(self.journal.write_json(self.report_dir / "results.json",
                                                    redact=self.redactor.scrub))
         except OSError as exc:
             self.say(f"could not write results.json: {exc}")
-        try:
-            from agentverify.report.html import write_html
+        from agentverify.report.html import write_html
+        from agentverify.report.junit import write_junit
 
-            written.append(write_html(self.journal, self.report_dir / "results.html",
+        for name, writer in (("results.html", write_html), ("junit.xml", write_junit)):
+            try:
+                written.append(writer(self.journal, self.report_dir / name,
                                       redact=self.redactor.scrub))
-        except Exception as exc:  # a broken HTML report must not fail the run
-            self.say(f"could not write results.html: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # a broken report must not fail the run
+                self.say(f"could not write {name}: {type(exc).__name__}: {exc}")
         return written
 
     def close(self) -> None:
@@ -235,5 +238,11 @@ class AgentVerifySession:
         with self._lock:
             stack, self._stack = self._stack, None
         if stack is not None:
-            self.say("tearing the stack down")
-            stack.down()
+            # the report's dashboard panels need this stack's Prometheus: before it goes
+            from agentverify.report.panels import record_panels
+
+            try:
+                record_panels(self.journal, stack, say=self.say)
+            finally:  # even a Ctrl-C during the capture must not leave the stack up
+                self.say("tearing the stack down")
+                stack.down()

@@ -45,6 +45,7 @@ from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import SLOAbort, slo_breaches
 from agentverify.monitoring.counters import read_metrics
+from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import load_prompts
 from agentverify.seed import Objectives
@@ -197,9 +198,11 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
             + (f", {plan.workers} Locust workers" if plan.workers else "")
             + (f", budget {format_usd(budget_usd)}" if budget_usd is not None else "")
             + (", abort on SLO breach" if abort_on_fail else ""))
+    first: dict[str, float] = {}  # the load's t=0 on the wall clock, for the report's plots
     run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, "load"),
                      run=ctx.stack.run).run(
-        abort_on=slo_abort.check if abort_on_fail else None, poll=poll)
+        abort_on=slo_abort.check if abort_on_fail else None, poll=poll,
+        on_snapshot=lambda snap: first.setdefault("t0", time.time() - snap.t))
     result = run.result
     ctx.say(f"  {result.summary()}")
 
@@ -278,9 +281,14 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         facts.setdefault(name, None)
     # latency and throughput over time for the HTML report (named like the step's facts)
     suffix = f"_{params.label}" if getattr(params, "label", None) else ""
-    ctx.series["p95_ms" + suffix] = run.series("interval_p95_ms")
-    ctx.series["rps" + suffix] = run.series("interval_rps")
-    ctx.series["users" + suffix] = run.series("users")
+    t0 = first.get("t0")
+    ctx.series["p95_ms" + suffix] = TimeSeries(run.series("interval_p95_ms"), unit="ms", t0=t0,
+                                               threshold=slo.p95_ms, threshold_label="SLO p95",
+                                               gate="p95_ms" + suffix)
+    ctx.series["rps" + suffix] = TimeSeries(run.series("interval_rps"), unit="req/s", t0=t0,
+                                            threshold=slo.min_rps, threshold_label="SLO min rps",
+                                            gate="rps" + suffix)
+    ctx.series["users" + suffix] = TimeSeries(run.series("users"), unit="users", t0=t0)
     return facts
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "dashboard_path",
     "load_dashboard",
     "substitute_variables",
+    "duration_seconds",
     "check_dashboard",
 ]
 
@@ -69,11 +70,12 @@ class PanelTarget:
 
 @dataclass(frozen=True)
 class Panel:
-    """A panel that draws queries: its title, type and (visible) targets."""
+    """A panel that draws queries: its title, type, (visible) targets and Grafana unit."""
 
     title: str
     type: str
     targets: tuple[PanelTarget, ...]
+    unit: str = ""  # fieldConfig.defaults.unit, e.g. "reqps", "s", "short"
 
     @property
     def exprs(self) -> list[str]:
@@ -215,7 +217,11 @@ def _load_panels(raw_panels: list[Any], prefix: str, source: str) -> list[Panel]
             legend = target.get("legendFormat") or ""
             loaded.append(PanelTarget(expr=expr, legend=str(legend),
                                       ref_id=str(target.get("refId") or "")))
-        panels.append(Panel(title=title, type=str(kind), targets=tuple(loaded)))
+        field_config = raw.get("fieldConfig")
+        defaults = field_config.get("defaults") if isinstance(field_config, dict) else None
+        unit = defaults.get("unit") if isinstance(defaults, dict) else None
+        panels.append(Panel(title=title, type=str(kind), targets=tuple(loaded),
+                            unit=str(unit or "")))
     return panels
 
 
@@ -261,7 +267,16 @@ def load_dashboard(path: str | os.PathLike[str] | None = None) -> Dashboard:
                      source=source)
 
 
-def _seconds(window: str) -> float:
+def duration_seconds(window: str) -> float:
+    """Seconds in a Prometheus duration (``"90s"``, ``"5m"``, ``"1h"``).
+
+    Raises:
+        ValueError: Not a single-unit Prometheus duration.
+
+    Example:
+        >>> duration_seconds("5m")
+        300.0
+    """
     match = _DURATION.match(window)
     if not match:
         raise ValueError(f"window {window!r}: expected a Prometheus duration such as '1m'")
@@ -279,7 +294,7 @@ def substitute_variables(expr: str, *, window: str = "1m") -> str:
         >>> substitute_variables("rate(requests_total[$__rate_interval])", window="2m")
         'rate(requests_total[2m])'
     """
-    seconds = _seconds(window)
+    seconds = duration_seconds(window)
     values = {
         "__rate_interval": window,
         "__interval": window,

@@ -46,7 +46,7 @@ DEPLOY_FACTS = ("deploy_ok", "deploy_failed_step", "deploy_missing_env",
                 "deploy_served_by_new_ratio", "deploy_version")
 
 
-@step("deploy", params=DeployParams, facts=DEPLOY_FACTS)
+@step("deploy", params=DeployParams, facts=DEPLOY_FACTS, timeline="rollout")
 def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
     """The seed's five-step deploy of ``version``, each step timed and reported."""
     stack = ctx.stack

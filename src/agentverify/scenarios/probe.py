@@ -111,6 +111,14 @@ class ProbeReport:
     def latency_series(self) -> list[list[float]]:
         return [[round(s.t, 3), round(s.latency_s * 1000.0, 2)] for s in self.samples]
 
+    def failure_series(self, bucket_s: float = 1.0) -> list[list[float]]:
+        """``[[t, failed requests sent in that second], ...]`` over the whole probe."""
+        buckets = [0] * (int(self.duration_s // bucket_s) + 1)
+        for s in self.samples:
+            if not s.ok:
+                buckets[min(int(s.t // bucket_s), len(buckets) - 1)] += 1
+        return [[round(i * bucket_s, 3), float(n)] for i, n in enumerate(buckets)]
+
 
 class Probe:
     """Steady traffic at ``rps`` through ``base_url`` in background threads.

@@ -77,6 +77,7 @@ class StepType:
     func: StepFunc
     params: type[StepParams]
     facts: tuple[str, ...]
+    timeline: str | None = None  # the kind of timeline event it is ("rollout"); None: "step"
 
 
 class StepRegistry:
@@ -111,11 +112,16 @@ _load_lock = threading.Lock()
 
 
 def step(name: str, *, params: type[StepParams] = StepParams,
-         facts: tuple[str, ...] = ()) -> Callable[[StepFunc], StepFunc]:
-    """Register a step type under ``name`` in the default registry."""
+         facts: tuple[str, ...] = (), timeline: str | None = None,
+         ) -> Callable[[StepFunc], StepFunc]:
+    """Register a step type under ``name`` in the default registry.
+
+    ``timeline`` is the kind of event its run is on the report's timeline (``"rollout"``
+    for steps that change what serves traffic); by default a plain ``"step"``.
+    """
 
     def register(func: StepFunc) -> StepFunc:
-        _DEFAULT.add(StepType(name, func, params, tuple(facts)))
+        _DEFAULT.add(StepType(name, func, params, tuple(facts), timeline))
         return func
 
     return register

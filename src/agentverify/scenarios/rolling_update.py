@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from agentverify.errors import ScenarioError
+from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.probe import Probe
 from agentverify.scenarios.registry import StepParams, step
 
@@ -69,7 +70,11 @@ def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     if probe is None:
         raise ScenarioError("probe_stop without probe_start")
     report = probe.stop()
-    ctx.series["probe latency ms"] = report.latency_series()
+    t0 = time.time() - probe.elapsed  # the probe's t=0 on the wall clock, for the report
+    ctx.series["probe latency ms"] = TimeSeries(report.latency_series(), unit="ms", t0=t0,
+                                                gate="probe_p95_ms")
+    ctx.series["probe failed requests"] = TimeSeries(report.failure_series(), unit="failed/s",
+                                                     t0=t0, gate="failed_requests")
     facts = report.facts()
     facts["final_versions"] = ctx.stack.versions
     facts["final_version"] = _final_version(ctx.stack.versions)
@@ -148,7 +153,7 @@ def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     return facts
 
 
-@step("rolling_update", params=RolloutParams, facts=ROLLOUT_FACTS)
+@step("rolling_update", params=RolloutParams, facts=ROLLOUT_FACTS, timeline="rollout")
 def rolling_update(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     """Replace replicas one at a time with ``version``; roll back automatically on failure."""
     return do_rollout(ctx, params)
@@ -159,7 +164,7 @@ class RollbackParams(StepParams):
 
 
 @step("rollback", params=RollbackParams,
-      facts=("rollback_seconds", "all_on_version", "rollback_replicas"))
+      facts=("rollback_seconds", "all_on_version", "rollback_replicas"), timeline="rollout")
 def rollback(ctx: ScenarioContext, params: RollbackParams) -> dict[str, Any]:
     """Every replica back to the tagged ``version``, one at a time, under traffic."""
     rollout = ctx.stack.rollback(params.version)
@@ -175,7 +180,7 @@ class ScaleParams(StepParams):
     replicas: int = Field(..., ge=1, le=32)
 
 
-@step("scale", params=ScaleParams, facts=("scale_seconds", "replicas_after"))
+@step("scale", params=ScaleParams, facts=("scale_seconds", "replicas_after"), timeline="rollout")
 def scale(ctx: ScenarioContext, params: ScaleParams) -> dict[str, Any]:
     """Scale the agent to ``replicas`` (the seed's `--scale agent=N`) under traffic."""
     before = len(ctx.stack.replicas)

@@ -9,6 +9,7 @@ a known state even after an interrupted rollout.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -19,8 +20,9 @@ import httpx
 
 from agentverify import _http
 from agentverify.errors import AgentVerifyError, StackError
-from agentverify.report.journal import ScenarioResult, StepResult
+from agentverify.report.journal import RunJournal, ScenarioResult, StepResult, TimelineEvent, TimeSeries
 from agentverify.scenarios.model import ScenarioSpec
+from agentverify.stack.spec import ROLE_AGENT, ROLE_LB
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,12 +45,17 @@ class ScenarioContext:
         say: prints a progress line.
         new_stack: ``(**overrides) -> context manager`` yielding a fresh, running stack
             of its own (the session's ``fresh_stack``), for steps that need a second one.
+        journal: the session's :class:`~agentverify.report.journal.RunJournal`, where
+            :meth:`event` records (a journal of its own when not given).
     """
 
     def __init__(self, stack: Stack, config: Config, *, env: str, report_dir: Path,
                  say: Callable[[str], None] = print, backend: str = "",
-                 new_stack: Callable[..., AbstractContextManager[Stack]] | None = None) -> None:
+                 new_stack: Callable[..., AbstractContextManager[Stack]] | None = None,
+                 journal: RunJournal | None = None) -> None:
         self._new_stack = new_stack
+        self.journal = journal if journal is not None else RunJournal(env=env, backend=backend)
+        self.scenario: str | None = None  # set by run_scenario
         self.stack = stack
         self.config = config
         self.env = env
@@ -57,7 +64,7 @@ class ScenarioContext:
         self.backend = backend
         self.facts: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
-        self.series: dict[str, list[list[float]]] = {}
+        self.series: dict[str, TimeSeries | list[list[float]]] = {}
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
     @cached_property
@@ -91,6 +98,25 @@ class ScenarioContext:
             raise StackError("this scenario context cannot start a fresh stack "
                              "(it was made without a session)")
         return self._new_stack(**overrides)
+
+    def event(self, kind: str, label: str, *, t: float | None = None, end: float | None = None,
+              **detail: Any) -> TimelineEvent:
+        """Put an event of this scenario on the run's timeline (drawn on the report's plots).
+
+        Args:
+            kind: ``rollout``, ``fault``, ``alert``, ``notify``, ``drill``, ``runbook``,
+                ``kill``, ... (see :data:`~agentverify.report.journal.EVENT_KINDS`).
+            label: What the plot shows, e.g. ``"redis +200 ms"``.
+            t: Unix seconds it began (default: now).
+            end: Unix seconds it ended; None for an instant.
+            detail: Anything else worth keeping (JSON-serialisable values).
+
+        Example:
+            >>> t0 = time.time(); apply_fault()                           # doctest: +SKIP
+            >>> ctx.event("fault", "redis +200 ms", t=t0, end=time.time(),  # doctest: +SKIP
+            ...           target="redis")
+        """
+        return self.journal.event(kind, label, t=t, end=end, scenario=self.scenario, **detail)
 
     def defer(self, description: str, func: Callable[[], None]) -> None:
         """Run ``func`` after the scenario, even if it fails or is interrupted."""
@@ -130,13 +156,15 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
 
 def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
     """Run every step, then evaluate the gates of ``ctx.env`` on the measured facts."""
-    result = ScenarioResult(name=spec.name, file=str(spec.file))
+    result = ScenarioResult(name=spec.name, file=str(spec.file), started=time.time())
+    ctx.scenario = spec.name
     started = time.monotonic()
     try:
         for step in spec.steps:
             ctx.say(f"[{spec.name}] step {step.index}: {step.type}")
             t0 = time.monotonic()
-            record = StepResult(index=step.index, type=step.type, seconds=0.0)
+            record = StepResult(index=step.index, type=step.type, seconds=0.0,
+                                started=time.time())
             result.steps.append(record)
             try:
                 facts = step.step_type.func(ctx, step.params) or {}
@@ -146,6 +174,7 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
                 break
             finally:
                 record.seconds = time.monotonic() - t0
+                _step_event(ctx, step, record)
             if step.params.label:
                 facts = {f"{k}_{step.params.label}": v for k, v in facts.items()}
             record.facts = dict(facts)
@@ -155,7 +184,59 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
         if cleanup_errors and result.error is None:
             result.error = "; ".join(cleanup_errors)
         result.facts = dict(ctx.facts)
-        result.series = dict(ctx.series)
+        result.series = {k: TimeSeries.of(v) for k, v in ctx.series.items()}
         result.seconds = time.monotonic() - started
+        result.ended = time.time()
     result.gates = [g.evaluate(result.facts) for g in spec.gates(ctx.env)]
+    if not result.passed:
+        result.logs = failure_logs(ctx.stack, result.error)
     return result
+
+
+def _step_event(ctx: ScenarioContext, step: Any, record: StepResult) -> None:
+    """A step on the timeline; steps that change what serves (deploy, rollouts, scale)
+    are ``rollout`` events, labelled with the version or replica count they aim at."""
+    kind = step.step_type.timeline or "step"
+    target = getattr(step.params, "version", None) or getattr(step.params, "replicas", None)
+    label = f"{step.type} {target}" if kind != "step" and target is not None else step.type
+    ctx.event(kind, label, t=record.started, end=(record.started or 0.0) + record.seconds,
+              step=step.index, type=step.type, error=record.error)
+
+
+#: log lines kept per instance of a failed scenario
+FAILURE_LOG_LINES = 20
+
+
+def _names(text: str, instance: str) -> bool:
+    """``instance`` is named in ``text`` as a word ("agent-1" is not in "agent-10")."""
+    return re.search(rf"(?<![\w-]){re.escape(instance)}(?![\w-])", text) is not None
+
+
+def failure_logs(stack: Any, error: str | None, lines: int = FAILURE_LOG_LINES) -> dict[str, str]:
+    """The last log lines of the service a failure points at, redacted.
+
+    A stack error usually names the instance (``agent-1 FAILED: ...``); the instances
+    named in ``error`` are taken when there are any, else the load balancer and the
+    agent replicas (where a failed gate's requests went). Never raises: a log that
+    cannot be read is left out (it must not hide the scenario's own failure).
+
+    Example:
+        >>> failure_logs(stack, "step 2 (rolling_update): agent-1 did not become healthy")
+        ...                                                               # doctest: +SKIP
+        {'agent-1': '... INFO ...'}
+    """
+    try:
+        handles = list(stack.instances())
+    except Exception:  # a stack torn down mid-way: there is nothing left to read
+        return {}
+    text = error or ""
+    named = [h for h in handles if _names(text, h.instance)]
+    chosen = named or [h for h in handles if h.spec.role in (ROLE_LB, ROLE_AGENT)]
+    redact = getattr(stack, "redactor", None) or (lambda s: s)
+    out: dict[str, str] = {}
+    for handle in chosen:
+        try:
+            out[handle.name] = redact(handle.logs(lines))
+        except Exception:  # one unreadable log must not lose the others
+            continue
+    return out
