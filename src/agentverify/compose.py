@@ -80,8 +80,12 @@ def api_key_references(config: Config) -> dict[str, str]:
 
 
 def compose_spec(config: Config) -> StackSpec:
-    """The stack as compose renders it: keys are references, never values."""
-    return build_stack_spec(config, api_keys=api_key_references(config))
+    """The stack as compose renders it: keys are references, never values, and no fault
+    proxy (a deployment wires its agents to their dependencies directly)."""
+    from agentverify.config import with_overrides
+
+    direct = with_overrides(config, {"stack.faults.enabled": False}, source="compose")
+    return build_stack_spec(direct, api_keys=api_key_references(config), backend="docker")
 
 
 def _published(config: Config) -> dict[str, int]:

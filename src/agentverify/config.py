@@ -85,6 +85,10 @@ class VersionConfig(_Section):
     fail_health: bool = Field(False, description="GET /health answers 503")
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of /chat answered 500")
     latency_ms: int = Field(0, ge=0, description="added to every /chat")
+    health_ignores: list[Literal["redis", "milvus"]] = Field(
+        default_factory=list, description="dependencies GET /health does not check (a defect)")
+    cache_required: bool = Field(
+        False, description="/chat fails when Redis fails (a defect: the cache is an optimisation)")
     image: str | None = Field(None, description="docker backend: the agent image of this version")
 
 
@@ -99,6 +103,23 @@ class AgentServiceConfig(_Section):
     health_path: str = "/health"
     workers: int = Field(1, ge=1, le=16)
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class FaultsConfig(_Section):
+    """The fault proxy every agent replica reaches its dependencies through."""
+
+    enabled: bool = Field(True, description="false: wire the agents to Redis, Milvus and the "
+                                            "LLM directly (no fault steps possible)")
+    proxy: Literal["auto", "builtin", "toxiproxy"] = Field(
+        "auto", description="auto: a real toxiproxy (toxiproxy-server on PATH, or the image "
+                            "stack.images.toxiproxy) when there is one, else the built-in server")
+
+
+class LoadBalancerConfig(_Section):
+    """How nginx spreads traffic over the replicas."""
+
+    retries: int = Field(3, ge=0, le=10, description="upstream attempts per request "
+                                                     "(proxy_next_upstream_tries); 0: no retry")
 
 
 class StackConfig(_Section):
@@ -116,6 +137,8 @@ class StackConfig(_Section):
     start_timeout: float = Field(60.0, gt=0)
     knowledge_dir: str = "fixtures/knowledge"
     alertmanager: bool = True
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    lb: LoadBalancerConfig = Field(default_factory=LoadBalancerConfig)
 
     @field_validator("backend")
     @classmethod
@@ -145,6 +168,24 @@ class SLOConfig(Objectives):
     abort_on_fail: bool = False
 
 
+class KnownAnswer(_Section):
+    """A question whose answer must cite a given document of the knowledge base."""
+
+    question: str = Field(..., min_length=1)
+    source: str = Field(..., min_length=1, description="title (or file name) of the document")
+
+
+def _default_known_answers() -> list[KnownAnswer]:
+    # questions of fixtures/knowledge/ whose best passage comes from one known document
+    return [
+        KnownAnswer(question="How do I reset my password?", source="password-reset.md"),
+        KnownAnswer(question="Which regions can I deploy to, and what latency should I expect?",
+                    source="regions-latency.md"),
+        KnownAnswer(question="How do I set up single sign-on with SAML or OIDC?",
+                    source="sso-setup.md"),
+    ]
+
+
 class LoadConfig(_Section):
     users: int = Field(10, ge=1)
     spawn_rate: float = Field(5.0, gt=0)
@@ -164,6 +205,9 @@ class Config(SeedConfig):
     stack: StackConfig = Field(default_factory=StackConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
+    known_answers: list[KnownAnswer] = Field(
+        default_factory=_default_known_answers,
+        description="questions whose answers must cite a given document (corruption, faults)")
 
     # Not part of the file: where it came from, for messages and relative paths.
     source: str = Field("<defaults>", exclude=True)

@@ -18,13 +18,35 @@ import httpx
 from agentverify import _http
 from agentverify.errors import StackError
 
-__all__ = ["GENERATION_HEADER", "nginx_conf", "upstream_conf", "wait_for_generation"]
+__all__ = ["GENERATION_HEADER", "UPSTREAM_HEADER", "nginx_conf", "upstream_attempts",
+           "upstream_conf", "wait_for_generation"]
 
 GENERATION_HEADER = "X-Agentverify-Generation"
+#: every upstream a request was sent to, in order (nginx's ``$upstream_addr``): a request
+#: retried on the next replica lists two, so "0 failed" can be told from "0 retried"
+UPSTREAM_HEADER = "X-Agentverify-Upstream"
 
 
-def nginx_conf() -> str:
-    """The load balancer's main config; placeholders are resolved by the backend."""
+def upstream_attempts(header: str | None) -> int:
+    """How many upstreams served one request, from :data:`UPSTREAM_HEADER`
+    (``"10.0.0.2:8000, 10.0.0.3:8000"`` -> 2; missing -> 0: nginx answered itself)."""
+    if not header:
+        return 0
+    # nginx separates attempts of one group by ", " and internal redirects by " : "
+    return sum(1 for part in header.replace(" : ", ", ").split(",") if part.strip())
+
+
+def nginx_conf(retries: int = 3) -> str:
+    """The load balancer's main config; placeholders are resolved by the backend.
+
+    ``retries``: how many upstreams one request may be tried on (``0``: none, the request
+    fails with the first replica that fails it).
+    """
+    if retries > 0:
+        retry = (f"proxy_next_upstream error timeout http_502 http_503 non_idempotent;\n"
+                 f"            proxy_next_upstream_tries {retries};")
+    else:
+        retry = "proxy_next_upstream off;"
     return """\
 # Rendered by agentverify. The upstream is in upstream.conf (rewritten on every change).
 user ${user};
@@ -45,6 +67,7 @@ http {
     server {
         listen ${bind}:${port:http};
         add_header X-Agentverify-Generation $agentverify_generation always;
+        add_header X-Agentverify-Upstream $upstream_addr always;
         location = /nginx-health { return 200 "ok\\n"; }
         location / {
             proxy_pass http://agents;
@@ -55,14 +78,14 @@ http {
             proxy_connect_timeout 2s;
             proxy_read_timeout 120s;
             # A replica that is going away refuses connections; the request goes to the
-            # next one instead of failing. Only connection errors and 502/503 are retried,
-            # and the agent's /chat is safe to repeat (answers are cached by question).
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-            proxy_next_upstream_tries 3;
+            # next one instead of failing. Only connection errors and 502/503 are retried.
+            # A retried POST runs twice (a second LLM call): rollouts drain a replica
+            # before stopping it, and the probe counts retried requests to prove it.
+            @RETRY@
         }
     }
 }
-"""
+""".replace("@RETRY@", retry)
 
 
 def upstream_conf(servers: Iterable[tuple[str, int]], generation: int) -> str:

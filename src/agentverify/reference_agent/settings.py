@@ -87,6 +87,10 @@ class AgentSettings(SeedConfig):
     fail_health: bool = False
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     latency_ms: float = Field(default=0.0, ge=0.0)
+    #: dependencies /health does not check (a defect a rehearsal must catch)
+    health_ignores: list[str] = Field(default_factory=list)
+    #: /chat fails when Redis fails (a defect: the cache is only an optimisation)
+    cache_required: bool = False
 
     @property
     def base_url(self) -> str:
@@ -202,6 +206,12 @@ def _apply_environment(
     if environ.get("AGENT_ERROR_RATE", "").strip():
         data["error_rate"] = _float_env(environ, "AGENT_ERROR_RATE")
         origin["error_rate"] = "AGENT_ERROR_RATE"
+    if environ.get("AGENT_HEALTH_IGNORE", "").strip():
+        data["health_ignores"] = [d.strip() for d in environ["AGENT_HEALTH_IGNORE"].split(",")
+                                  if d.strip()]
+    if "AGENT_CACHE_REQUIRED" in environ:
+        data["cache_required"] = environ["AGENT_CACHE_REQUIRED"].strip().lower() in {
+            "1", "true", "yes", "on"}
     if environ.get("AGENT_LATENCY_MS", "").strip():
         data["latency_ms"] = _float_env(environ, "AGENT_LATENCY_MS")
         origin["latency_ms"] = "AGENT_LATENCY_MS"

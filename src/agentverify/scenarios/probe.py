@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from agentverify.traffic import UPSTREAM_HEADER, upstream_attempts
+
 __all__ = ["Probe", "ProbeReport", "ProbeSample"]
 
 
@@ -41,6 +43,8 @@ class ProbeSample:
     status: int | str
     version: str | None
     replica: str | None
+    #: upstreams nginx tried for this request (2 or more: it was retried on another replica)
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -100,8 +104,14 @@ class ProbeReport:
         return [f"t={s.t:.2f}s {s.status} ({s.version or 'no version'})"
                 for s in self.samples if not s.ok][:limit]
 
+    @property
+    def retried(self) -> int:
+        """Requests nginx sent to more than one replica: each ran (at least partly) twice."""
+        return sum(1 for s in self.samples if s.attempts > 1)
+
     def facts(self) -> dict[str, Any]:
         return {"probe_requests": self.requests, "failed_requests": self.failed,
+                "retried_requests": self.retried,
                 "longest_gap_s": round(self.longest_gap_s, 3),
                 "duration_s": round(self.duration_s, 3),
                 "probe_rps": round(self.requests / self.duration_s, 2) if self.duration_s else 0,
@@ -183,15 +193,18 @@ class Probe:
         headers = {} if self.keepalive else {"Connection": "close"}
         status: int | str
         version = replica = None
+        attempts = 0
         try:
             resp = self._client.post(self.base_url + self.path, json=self.body,
                                      headers=headers)
             status = resp.status_code
             version = resp.headers.get("x-agent-version")
             replica = resp.headers.get("x-agent-replica")
+            attempts = upstream_attempts(resp.headers.get(UPSTREAM_HEADER))
         except httpx.HTTPError as exc:
             status = type(exc).__name__
-        sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica)
+        sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica,
+                             attempts)
         with self._lock:
             self._samples.append(sample)
 

@@ -61,7 +61,8 @@ def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any
     return {}
 
 
-@step("probe_stop", facts=("probe_requests", "failed_requests", "longest_gap_s",
+@step("probe_stop", facts=("probe_requests", "failed_requests", "retried_requests",
+                           "longest_gap_s",
                            "duration_s", "probe_rps", "probe_p95_ms", "versions_seen",
                            "final_versions", "final_version"))
 def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
@@ -78,7 +79,8 @@ def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     facts = report.facts()
     facts["final_versions"] = ctx.stack.versions
     facts["final_version"] = _final_version(ctx.stack.versions)
-    ctx.say(f"  probe: {report.requests} requests, {report.failed} failed, longest gap "
+    ctx.say(f"  probe: {report.requests} requests, {report.failed} failed, "
+            f"{report.retried} retried on another replica, longest gap "
             f"{report.longest_gap_s:.3f}s, statuses {dict(report.statuses)}, "
             f"versions {dict(report.versions)}")
     for line in report.failures():
@@ -97,6 +99,9 @@ class RolloutParams(StepParams):
     min_bake_requests: int = Field(3, ge=0)
     auto_rollback: bool = True
     health_timeout_s: float | None = Field(None, gt=0, description="default: stack.start_timeout")
+    drain: bool = Field(True, description="switch nginx away from a replica before stopping "
+                                          "it; false stops it first, as many hand-written "
+                                          "deploy scripts do (a defect, for proving the gate)")
 
 
 ROLLOUT_FACTS = ("rollout_completed", "rolled_back", "rollout_seconds", "replicas_updated",
@@ -127,7 +132,7 @@ def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParam
 def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     stack = ctx.stack
     rollout = stack.rolling_update(
-        params.version, health_timeout=params.health_timeout_s,
+        params.version, health_timeout=params.health_timeout_s, drain=params.drain,
         after_each=lambda new: _bake(ctx, params.version, new.instance, params))
     facts: dict[str, Any] = {"from_version": rollout.from_version,
                              "to_version": params.version,

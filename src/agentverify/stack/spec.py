@@ -13,6 +13,7 @@ prometheus and alertmanager.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -47,6 +48,7 @@ ROLE_CACHE = "cache"
 ROLE_VECTOR = "vector_store"
 ROLE_LLM = "llm"
 ROLE_JOB = "job"
+ROLE_FAULTS = "faults"
 
 @dataclass(frozen=True)
 class Port:
@@ -90,6 +92,8 @@ class ServiceSpec:
     memory_reservation: str | None = None
     version: str | None = None
     persistent: bool = False
+    #: which program provides the service when there is a choice (the fault proxy)
+    implementation: str | None = None
 
     def port(self, name: str | None = None) -> Port:
         if not self.ports:
@@ -175,6 +179,7 @@ DEFAULT_IMAGES = {
     "agent": "agentverify/python:local",
     "ingest": "agentverify/python:local",
     "lb": "agentverify/nginx:local",
+    "toxiproxy": "agentverify/python:local",
     "prometheus": "agentverify/prometheus:local",
     "alertmanager": "agentverify/prometheus:local",
 }
@@ -211,6 +216,8 @@ def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) 
         "AGENT_FAIL_HEALTH": "1" if knobs.fail_health else "0",
         "AGENT_ERROR_RATE": str(knobs.error_rate),
         "AGENT_LATENCY_MS": str(knobs.latency_ms),
+        "AGENT_HEALTH_IGNORE": ",".join(knobs.health_ignores),
+        "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0",
         # the seed's required variables (validated by the deploy rehearsal)
         "MILVUS_HOST": "${host:milvus}",
         "MILVUS_PORT": "${port:milvus:grpc}",
@@ -234,7 +241,8 @@ def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) 
         ports=(Port("http", agent.port),),
         env=env,
         health=HttpWaitStrategy("http", agent.health_path).with_timeout(config.stack.start_timeout),
-        depends_on=("redis", "milvus", "llm", "ingest"),
+        depends_on=("redis", "milvus", "llm", "ingest",
+                    *(("toxiproxy",) if config.stack.faults.enabled else ())),
         replicas=config.stack.replicas,
         files={"config.yaml": agent_config_yaml(config)},
         secret_env=frozenset(api_key_env),
@@ -263,12 +271,53 @@ def _knowledge_files(config: Config) -> dict[str, str]:
     return files
 
 
-def build_stack_spec(config: Config, *, api_keys: Mapping[str, str]) -> StackSpec:
+def fault_proxy_spec(config: Config, backend: str) -> ServiceSpec:
+    """The fault proxy: a real Toxiproxy when there is one, else the built-in server.
+
+    In order of preference: ``toxiproxy-server`` on PATH (local backend) or the image
+    ``stack.images.toxiproxy`` (docker backend, e.g. ``ghcr.io/shopify/toxiproxy:2.12.0``);
+    else ``python -m agentverify.faults.server``, which speaks the same API. ``proxy:
+    builtin`` / ``toxiproxy`` in ``stack.faults`` forces one (a missing real one is then
+    an error at start, naming what to install).
+    """
+    choice = config.stack.faults.proxy
+    image = config.stack.images.get("toxiproxy")
+    real_local = backend == "local" and shutil.which("toxiproxy-server") is not None
+    real_image = backend != "local" and image is not None
+    use_real = choice == "toxiproxy" or (choice == "auto" and (real_local or real_image))
+    ports = (Port("api", 8474), Port("lb", 8666))
+    common = dict(name="toxiproxy", role=ROLE_FAULTS, ports=ports,
+                  health=HttpWaitStrategy("api", "/version").with_timeout(
+                      config.stack.start_timeout), depends_on=("redis", "milvus", "llm"),
+                  stop_grace=3.0)
+    if use_real and backend != "local":
+        if image is None:
+            raise ConfigError("stack.faults.proxy is toxiproxy: name its image in "
+                              "stack.images.toxiproxy (e.g. ghcr.io/shopify/toxiproxy:2.12.0)",
+                              source=config.source, key="stack.images.toxiproxy")
+        # the Toxiproxy image's entrypoint is the server: these are its arguments
+        return ServiceSpec(image=image, command=("-host=${bind}", "-port=${port:api}"),
+                           implementation=f"toxiproxy image {image}", **common)
+    if use_real:
+        return ServiceSpec(image=_image(config, "toxiproxy"),
+                           command=("toxiproxy-server", "-host", "${bind}", "-port",
+                                    "${port:api}"),
+                           requires={"toxiproxy-server": "toxiproxy (github.com/Shopify/toxiproxy)"},
+                           implementation="toxiproxy-server", **common)
+    return ServiceSpec(image=_image(config, "toxiproxy"),
+                       command=("${python}", "-m", "agentverify.faults.server", "--host",
+                                "${bind}", "--port", "${port:api}"),
+                       implementation="builtin", **common)
+
+
+def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
+                     backend: str = "local") -> StackSpec:
     """The seed's stack for one environment.
 
     Args:
         config: the resolved configuration.
         api_keys: env var name -> secret value for the LLM keys (never logged).
+        backend: the backend it will run on (which fault proxy exists there).
     """
     start_timeout = config.stack.start_timeout
     ingest_key = {config.model.api_key_env: api_keys[config.model.api_key_env]}
@@ -317,11 +366,13 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str]) -> StackSpe
         ports=(Port("http", 80),),
         health=HttpWaitStrategy("http", "/nginx-health").with_timeout(start_timeout),
         depends_on=("agent",),
-        files={"nginx.conf": nginx_conf()},
+        files={"nginx.conf": nginx_conf(config.stack.lb.retries)},
         requires={"nginx": "nginx-light"},
         stop_grace=5.0,
     )
     services = [llm, redis, milvus, ingest, agent, lb]
+    if config.stack.faults.enabled:
+        services.insert(3, fault_proxy_spec(config, backend))
     if config.stack.alertmanager:
         services.append(ServiceSpec(
             name="alertmanager", role=ROLE_ALERTS, image=_image(config, "alertmanager"),

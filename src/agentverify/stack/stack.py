@@ -35,10 +35,12 @@ from agentverify.errors import (
     StackError,
 )
 from agentverify.secrets import Redactor
-from agentverify.stack.backend import Backend, Handle, get_backend
+from agentverify.stack.backend import Backend, Handle, Peer, get_backend
+from agentverify.stack.routes import FaultRoutes
 from agentverify.stack.runstate import RunContext, reap_stale_runs
 from agentverify.stack.spec import (
     ROLE_AGENT,
+    ROLE_FAULTS,
     ROLE_LB,
     ROLE_METRICS,
     ServiceSpec,
@@ -148,10 +150,13 @@ class Stack:
         self.up_seconds: float | None = None
         self._state = _State()
         self._lock = threading.RLock()
+        self._routing_lock = threading.Lock()
         self._abort = threading.Event()
         self._is_up = False
         self._agent_specs: dict[str, ServiceSpec] = {}
         self._job_seconds: dict[str, float] = {}
+        #: the fault proxy's routes, when the stack has one (stack.faults.enabled)
+        self._routes: FaultRoutes | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -166,9 +171,9 @@ class Stack:
 
         keys = resolve_api_keys(config, environ)
         redactor = Redactor(keys.values())
-        spec = build_stack_spec(config, api_keys=keys)
         be = backend if not isinstance(backend, (str, type(None))) else \
             get_backend(backend or config.stack.backend, config=config)
+        spec = build_stack_spec(config, api_keys=keys, backend=be.name)
         return cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
                    config=config,
                    agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
@@ -217,7 +222,11 @@ class Stack:
 
     @property
     def endpoints(self) -> dict[str, str]:
-        """Service name -> URL reachable from this machine (127.0.0.1 only)."""
+        """Service name -> URL reachable from this machine (127.0.0.1 only).
+
+        ``lb`` is where clients send traffic: through the fault proxy's ``lb`` route when
+        the stack has one (so a fault can hit the front door too).
+        """
         out: dict[str, str] = {}
         with self._lock:
             for name, handle in self._state.services.items():
@@ -225,7 +234,21 @@ class Stack:
                     out[name] = handle.url()
             for r in self._state.replicas:
                 out[r.instance] = r.url
+        if "lb" in out and self._routes is not None:
+            out["lb"] = self._routes.proxy.url("lb")
         return out
+
+    @property
+    def faults(self) -> FaultRoutes:
+        """The fault proxy's routes (its client is ``faults.client``).
+
+        Raises:
+            StackError: the stack runs without a fault proxy (``stack.faults.enabled``).
+        """
+        if self._routes is None:
+            raise StackError("this stack has no fault proxy: set stack.faults.enabled: true "
+                             "to inject faults")
+        return self._routes
 
     @property
     def backend_name(self) -> str:
@@ -238,6 +261,10 @@ class Stack:
 
     @property
     def lb_url(self) -> str:
+        """Where clients send traffic (see :attr:`endpoints`)."""
+        if self._routes is not None:
+            self.service("lb")
+            return self._routes.proxy.url("lb")
         return self.service("lb").url("http")
 
     def to_json(self) -> dict[str, Any]:
@@ -247,6 +274,9 @@ class Stack:
             services[name] = {"url": url}
         for r in self.replicas:
             services[r.instance]["version"] = r.version
+        for name, handle in self._peers().items():
+            if handle.spec.implementation and name in services:
+                services[name]["implementation"] = handle.spec.implementation
         return {"backend": self.backend.name, "env": self.spec.env_name,
                 "run_id": self.run.run_id if self.run else None,
                 "run_dir": str(self.run.run_dir) if self.run else None,
@@ -316,14 +346,21 @@ class Stack:
             self._sync_targets()
         else:
             if svc.role == ROLE_LB:
+                replicas = self.replicas
+                servers = [self._lb_address(r.handle) for r in replicas]
                 with self._lock:
                     self._state.generation += 1
-                    servers = [r.handle.address("http") for r in self._state.replicas]
                     svc = svc.with_files(**{"upstream.conf":
                                             upstream_conf(servers, self._state.generation)})
             handle = self._start_instance(svc, svc.name)
+            if svc.role == ROLE_FAULTS:
+                self._routes = FaultRoutes(handle)
+                self.progress(ProgressEvent(handle.name, "info",
+                                            detail=f"fault proxy: {svc.implementation}"))
             with self._lock:
                 self._state.services[svc.name] = handle
+            if svc.role == ROLE_LB and self._routes is not None:
+                self._routes.front(handle)
             if svc.role == ROLE_METRICS:
                 self._sync_targets()
 
@@ -331,13 +368,34 @@ class Stack:
         with self._lock:
             return dict(self._state.services)
 
+    def _peers_for(self, svc: ServiceSpec, instance: str) -> Mapping[str, Peer]:
+        """The peers an instance is rendered against: an agent replica reaches its
+        dependencies through its own fault-proxy routes when the stack has them."""
+        peers = self._peers()
+        if svc.role == ROLE_AGENT and self._routes is not None:
+            return self._routes.peers_for(instance, peers)
+        return peers
+
+    def _lb_address(self, handle: Handle) -> tuple[str, int]:
+        """Where nginx reaches an instance of a replica: through its route, or directly."""
+        if self._routes is not None:
+            return self._routes.to_instance(handle)
+        return handle.address("http")
+
+    def _retire(self, handle: Handle, grace: float | None = None) -> None:
+        """Stop an agent instance that no longer serves, and drop what routed to it."""
+        self.backend.stop(handle, grace=grace)
+        self._forget(handle)
+        if self._routes is not None:
+            self._routes.forget_instance(handle)
+
     def _start_instance(self, svc: ServiceSpec, instance: str, generation: int = 1, *,
                         health_timeout: float | None = None) -> Handle:
         """Start one instance and wait until its readiness check passes."""
         self.progress(ProgressEvent(instance, "starting"))
         t0 = time.monotonic()
         try:
-            handle = self.backend.start(svc, instance, peers=self._peers(),
+            handle = self.backend.start(svc, instance, peers=self._peers_for(svc, instance),
                                         generation=generation)
         except StackError as exc:
             self.progress(ProgressEvent(instance, "failed", detail=str(exc).splitlines()[0]))
@@ -406,6 +464,9 @@ class Stack:
         with self._lock:
             was_open = self.run is not None
             self._is_up = False
+            routes, self._routes = self._routes, None
+        if routes is not None:
+            routes.close()  # the proxies go with their service
         error: StackError | None = None
         try:
             self._stop_started()
@@ -456,22 +517,26 @@ class Stack:
     # ------------------------------------------------------------------ routing
 
     def _sync_routing(self, serving: list[Replica] | None = None) -> float:
-        with self._lock:
-            lb = self._state.services.get("lb")
-            if lb is None:
-                return 0.0
-            self._state.generation += 1
-            gen = self._state.generation
-            serving = self._state.replicas if serving is None else serving
-            servers = [r.handle.address("http") for r in serving]
-        t0 = time.monotonic()
-        self.backend.write_file(lb, "upstream.conf", upstream_conf(servers, gen))
-        res = self.backend.exec(lb, ["nginx", "-e", "stderr", "-p", "${datadir}", "-c",
-                                        "${confdir}/nginx.conf", "-s", "reload"])
-        if not res.ok:
-            raise StackError(f"nginx reload failed (exit {res.exit_code}): {res.output.strip()}")
-        wait_for_generation(lb.url("http"), gen)
-        return time.monotonic() - t0
+        # one routing change at a time: a slower one must not write a stale upstream last
+        with self._routing_lock:
+            with self._lock:
+                lb = self._state.services.get("lb")
+                if lb is None:
+                    return 0.0
+                serving = list(self._state.replicas if serving is None else serving)
+            servers = [self._lb_address(r.handle) for r in serving]
+            with self._lock:
+                self._state.generation += 1
+                gen = self._state.generation
+            t0 = time.monotonic()
+            self.backend.write_file(lb, "upstream.conf", upstream_conf(servers, gen))
+            res = self.backend.exec(lb, ["nginx", "-e", "stderr", "-p", "${datadir}", "-c",
+                                         "${confdir}/nginx.conf", "-s", "reload"])
+            if not res.ok:
+                raise StackError(f"nginx reload failed (exit {res.exit_code}): "
+                                 f"{res.output.strip()}")
+            wait_for_generation(lb.url("http"), gen)
+            return time.monotonic() - t0
 
     def _sync_targets(self) -> None:
         # under the lock: two threads syncing at once must not write a stale list last
@@ -500,10 +565,14 @@ class Stack:
             (self.spec.by_role(ROLE_AGENT)[0].version or "v1")
 
     def replace_replica(self, replica: Replica, version: str, *,
-                        health_timeout: float | None = None) -> Replica:
+                        health_timeout: float | None = None, drain: bool = True) -> Replica:
         """Start the new instance, wait healthy, switch traffic to it, stop the old one.
 
         ``health_timeout`` overrides the agent's readiness deadline (stack.start_timeout).
+        ``drain=False`` stops the old instance *before* nginx is switched away from it —
+        what many hand-written deploy scripts do; nginx then retries the requests it sends
+        there on another replica (each runs twice). It exists to prove the gate on
+        ``retried_requests``; never use it to deploy.
         """
         svc = self._agent_spec(version).with_env(AGENT_REPLICA=replica.instance)
         t0 = time.monotonic()
@@ -517,14 +586,17 @@ class Stack:
                               f"{replica.instance} stays on {replica.version}: {exc}") from exc
         healthy = time.monotonic()
         new = Replica(replica.slot, version, handle)
+        if not drain:
+            self.progress(ProgressEvent(replica.handle.name, "stopping", detail="undrained"))
+            self.backend.stop(replica.handle)
         with self._lock:
             self._state.replicas = [new if r is replica else r for r in self._state.replicas]
         self._sync_routing()
         self._sync_targets()
         switched = time.monotonic()
-        self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
-        self.backend.stop(replica.handle)
-        self._forget(replica.handle)
+        if drain:
+            self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
+        self._retire(replica.handle)
         self.progress(ProgressEvent(replica.handle.name, "stopped"))
         new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
                                   switched - t0, time.monotonic() - t0)
@@ -535,8 +607,7 @@ class Stack:
             failed = [h for h in self._state.started
                       if h.instance == instance and h.generation == generation]
         for h in failed:
-            self.backend.stop(h, grace=1.0)
-            self._forget(h)
+            self._retire(h, grace=1.0)
 
     def _forget(self, handle: Handle) -> None:
         with self._lock:
@@ -568,8 +639,7 @@ class Stack:
                     errors.append(exc)
         if errors:
             for r in standby:
-                self.backend.stop(r.handle, grace=1.0)
-                self._forget(r.handle)
+                self._retire(r.handle, grace=1.0)
             for r in current:
                 self._discard_failed(r.instance, r.handle.generation + 1)
             raise DeployError(f"standby replicas at {version} did not become healthy; "
@@ -583,8 +653,7 @@ class Stack:
 
     def discard(self, replica: Replica) -> None:
         """Stop a replica that is not serving (e.g. a standby that failed its checks)."""
-        self.backend.stop(replica.handle, grace=1.0)
-        self._forget(replica.handle)
+        self._retire(replica.handle, grace=1.0)
 
     def promote(self, standby: list[Replica]) -> float:
         """Switch traffic to ``standby`` replicas and stop the ones they replace."""
@@ -596,26 +665,30 @@ class Stack:
         self._sync_targets()
         switched = time.monotonic() - t0
         with cf.ThreadPoolExecutor(max_workers=max(1, len(old))) as pool:
-            list(pool.map(lambda r: (self.backend.stop(r.handle), self._forget(r.handle)), old))
+            list(pool.map(lambda r: self._retire(r.handle), old))
         return switched
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
-                       after_each: Callable[[Replica], str | None] | None = None) -> Rollout:
+                       after_each: Callable[[Replica], str | None] | None = None,
+                       drain: bool = True, every: bool = False) -> Rollout:
         """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
 
-        The one rollout loop of agentverify: rollbacks and the ``rolling_update`` step use
-        it too. After each replaced replica ``after_each(new)`` may return a reason to stop
-        (e.g. it answered errors while baking). A replica that does not become healthy
-        also stops the rollout; either way replicas already moved stay on ``version`` and
-        the caller decides to roll back.
+        The one rollout loop of agentverify: rollbacks, rolling restarts and the
+        ``rolling_update`` step use it too. After each replaced replica ``after_each(new)``
+        may return a reason to stop (e.g. it answered errors while baking). A replica that
+        does not become healthy also stops the rollout; either way replicas already moved
+        stay on ``version`` and the caller decides to roll back. ``every``: replace
+        replicas already on ``version`` too (a rolling restart); ``drain``: see
+        :meth:`replace_replica`.
         """
         rollout = Rollout(version=version, from_version=self.current_version)
         t0 = time.monotonic()
         for replica in self.replicas:
-            if replica.version == version:
+            if replica.version == version and not every:
                 continue
             try:
-                new = self.replace_replica(replica, version, health_timeout=health_timeout)
+                new = self.replace_replica(replica, version, health_timeout=health_timeout,
+                                           drain=drain)
             except DeployError as exc:
                 rollout.failure = str(exc).splitlines()[0]
                 break
@@ -661,9 +734,45 @@ class Stack:
             self._sync_routing()
             self._sync_targets()
             for r in drop:
-                self.backend.stop(r.handle)
-                self._forget(r.handle)
+                self._retire(r.handle)
+                if self._routes is not None:
+                    self._routes.forget_slot(r.instance)
         return time.monotonic() - t0
+
+    def restart_agents(self, *, health_timeout: float | None = None) -> Rollout:
+        """Restart every replica one at a time, drained, at its current version (the
+        seed's ``Operations.restart``): a new instance of each replaces the old."""
+        return self.rolling_update(self.current_version, health_timeout=health_timeout,
+                                   every=True)
+
+    def kill(self, name: str) -> Handle:
+        """SIGKILL one instance (``agent-1``, ``redis`` ...), as a crash would.
+
+        Nothing else changes: nginx still lists a killed replica and the Stack still
+        records a killed service as serving, as in production until someone notices;
+        :meth:`revive` brings it back.
+        """
+        handle = self._instance_named(name)
+        self.progress(ProgressEvent(handle.name, "stopping", detail="killed"))
+        self.backend.kill(handle)
+        return handle
+
+    def revive(self, name: str, *, health_timeout: float | None = None) -> Handle:
+        """Bring a killed (or stopped) instance back: a replica gets a new instance at its
+        version, health-gated, and traffic switches to it; a service restarts on its ports
+        and data."""
+        for replica in self.replicas:
+            if replica.instance == name:
+                return self.replace_replica(replica, replica.version,
+                                            health_timeout=health_timeout).handle
+        self._instance_named(name)
+        return self.restart(name)
+
+    def _instance_named(self, name: str) -> Handle:
+        for replica in self.replicas:
+            if replica.instance == name:
+                return replica.handle
+        return self.service(name)
 
     def restart(self, name: str) -> Handle:
         """Restart a (non-agent) service in place, keeping its ports and data."""
