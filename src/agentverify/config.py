@@ -120,6 +120,10 @@ class LoadBalancerConfig(_Section):
 
     retries: int = Field(3, ge=0, le=10, description="upstream attempts per request "
                                                      "(proxy_next_upstream_tries); 0: no retry")
+    drain_s: float = Field(0.5, ge=0, le=300, description=(
+        "seconds between switching nginx away from an instance and stopping it (the "
+        "deregistration delay): requests nginx's old workers accepted before the reload "
+        "still reach it"))
 
 
 class StackConfig(_Section):

@@ -84,12 +84,12 @@ def test_every_container_is_labelled_and_published_on_loopback_only(stack: Stack
 @on_docker
 def test_agent_containers_carry_the_configured_limits(stack: Stack, client: Any) -> None:
     for replica in stack.replicas:
-        host = client.containers.get(replica.handle.extra["name"]).attrs["HostConfig"]
+        host = client.containers.get(replica.handle.state.name).attrs["HostConfig"]
         assert host["NanoCpus"] == 1_000_000_000
         assert host["Memory"] == 2 * 1024 ** 3
         assert host["MemoryReservation"] == 1024 ** 3
         assert host["CpuShares"] == 512
-    redis = client.containers.get(stack.service("redis").extra["name"]).attrs["HostConfig"]
+    redis = client.containers.get(stack.service("redis").state.name).attrs["HostConfig"]
     assert redis["NanoCpus"] == 0 and redis["Memory"] == 0
 
 
@@ -101,7 +101,7 @@ def test_one_network_per_run_with_dns_aliases(stack: Stack, client: Any) -> None
     net = networks[0].name
     aliases = {}
     for h in stack.instances():
-        attrs = client.containers.get(h.extra["name"]).attrs
+        attrs = client.containers.get(h.state.name).attrs
         assert list(attrs["NetworkSettings"]["Networks"]) == [net]
         aliases[h.name] = set(attrs["NetworkSettings"]["Networks"][net]["Aliases"] or [])
     assert {"redis", "redis-g1"} <= aliases["redis"]
@@ -326,7 +326,7 @@ def test_files_are_rendered_on_the_host_and_renames_are_seen_inside(
     web.spec.health.wait_until_ready(web)
     resp = httpx.get(web.url("http") + "/index.html", timeout=5)
     assert resp.text == "hello from redis:6379\n"
-    conf = web.extra["dirs"]["conf"]
+    conf = web.state.dirs.conf
     for text in ("one", "two", "three"):  # each write is a rename onto a new inode
         backend.write_file(web, "targets/t.json", text)
         assert (conf / "targets" / "t.json").read_text() == text

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import threading
 import time
 from collections import Counter
@@ -112,6 +113,7 @@ class ProbeReport:
     def facts(self) -> dict[str, Any]:
         return {"probe_requests": self.requests, "failed_requests": self.failed,
                 "retried_requests": self.retried,
+                "probe_error_ratio": round(self.failed / self.requests, 4) if self.requests else 0.0,
                 "longest_gap_s": round(self.longest_gap_s, 3),
                 "duration_s": round(self.duration_s, 3),
                 "probe_rps": round(self.requests / self.duration_s, 2) if self.duration_s else 0,
@@ -143,13 +145,16 @@ class Probe:
 
     def __init__(self, base_url: str, *, rps: float = 25.0, path: str = "/chat",
                  body: dict[str, Any] | None = None, timeout: float = 10.0,
-                 keepalive: bool = False, workers: int = 32) -> None:
+                 keepalive: bool = False, workers: int = 32, unique: bool = False) -> None:
         if rps <= 0:
             raise ValueError("rps must be > 0")
         self.base_url = base_url.rstrip("/")
         self.rps = rps
         self.path = path
         self.body = body or {"message": "How do I reset my password?"}
+        #: every request asks a question of its own (never cached: it reaches the LLM)
+        self.unique = unique
+        self._count = itertools.count(1)
         self.timeout = timeout
         self.keepalive = keepalive
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
@@ -164,6 +169,11 @@ class Probe:
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._stopped_at: float | None = None
+
+    @property
+    def started_at(self) -> float:
+        """``time.monotonic()`` at start: sample ``t`` values count from here."""
+        return self._t0
 
     @property
     def elapsed(self) -> float:
@@ -195,7 +205,10 @@ class Probe:
         version = replica = None
         attempts = 0
         try:
-            resp = self._client.post(self.base_url + self.path, json=self.body,
+            body = self.body
+            if self.unique:
+                body = {**body, "message": f"{body['message']} (probe {next(self._count)})"}
+            resp = self._client.post(self.base_url + self.path, json=body,
                                      headers=headers)
             status = resp.status_code
             version = resp.headers.get("x-agent-version")

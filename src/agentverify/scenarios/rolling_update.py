@@ -45,6 +45,8 @@ class ProbeStartParams(StepParams):
     rps: float = Field(25.0, gt=0, le=2000)
     message: str = "How do I reset my password?"
     keepalive: bool = False
+    unique: bool = Field(False, description="every request a question of its own: never "
+                                            "answered from the cache, so each reaches the LLM")
 
 
 @step("probe_start", params=ProbeStartParams)
@@ -53,7 +55,7 @@ def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any
     if PROBE_KEY in ctx.state:
         raise ScenarioError("a probe is already running (probe_stop it first)")
     probe = Probe(ctx.stack.lb_url, rps=params.rps, body={"message": params.message},
-                  keepalive=params.keepalive).start()
+                  keepalive=params.keepalive, unique=params.unique).start()
     ctx.state[PROBE_KEY] = probe
     # an interrupted scenario must not leave the probe's threads sending
     ctx.defer("stop the probe", probe.stop)
@@ -62,6 +64,7 @@ def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any
 
 
 @step("probe_stop", facts=("probe_requests", "failed_requests", "retried_requests",
+                           "probe_error_ratio",
                            "longest_gap_s",
                            "duration_s", "probe_rps", "probe_p95_ms", "versions_seen",
                            "final_versions", "final_version"))

@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import Field
@@ -178,6 +178,33 @@ def targets(ctx: ScenarioContext, params: TargetsParams) -> dict[str, Any]:
         ctx.say(f"  targets not up: {down} (Prometheus sees {found})")
     return {"targets_expected": len(expected), "targets_up": len(up),
             "targets_down": len(down)}
+
+
+class AlertParams(StepParams):
+    name: str = Field(..., min_length=1, description="the alert rule (e.g. AgentReplicaDown)")
+    states: list[Literal["pending", "firing"]] = Field(default_factory=lambda: ["pending",
+                                                                                "firing"])
+    timeout_s: float = Field(30.0, gt=0)
+
+
+@step("alert", params=AlertParams, facts=("alert_state", "alert_seen_s"))
+def alert(ctx: ScenarioContext, params: AlertParams) -> dict[str, Any]:
+    """Prometheus holds the alert in one of ``states`` within ``timeout_s``."""
+    t0 = time.monotonic()
+    deadline = t0 + params.timeout_s
+    state = "none"
+    while True:
+        found = [a.state for a in ctx.prometheus.alerts() if a.name == params.name]
+        # firing outranks pending: report the furthest state seen
+        state = "firing" if "firing" in found else found[0] if found else "none"
+        if state in params.states or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    seconds = time.monotonic() - t0
+    if state in params.states:
+        ctx.event("alert", f"{params.name} {state}", source="prometheus")
+    ctx.say(f"  alert {params.name}: {state} after {seconds:.1f}s")
+    return {"alert_state": state, "alert_seen_s": round(seconds, 2)}
 
 
 class DashboardParams(StepParams):

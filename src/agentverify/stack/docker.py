@@ -261,6 +261,8 @@ class DockerState(InstanceState):
     image_id: str = ""
     container_id: str = ""
     host_ports: dict[str, int] = field(default_factory=dict)
+    #: the container's address on the run's network (agent replicas are routed by it)
+    ip: str = ""
 
 
 def _state(handle: Handle) -> DockerState:
@@ -519,6 +521,8 @@ class DockerBackend:
         state.container_id = container_id
         handle.started_at = time.monotonic()
         state.host_ports = self._read_host_ports(handle)
+        if spec.role == ROLE_AGENT:
+            state.ip = self._read_ip(handle)
         return handle
 
     def _create_and_start(self, handle: Handle, argv: list[str], *, env: dict[str, str],
@@ -573,6 +577,13 @@ class DockerBackend:
                 if binding.get("HostIp") == BIND and binding.get("HostPort"):
                     out[p.name] = int(binding["HostPort"])
         return out
+
+    def _read_ip(self, handle: Handle) -> str:
+        container = self._container(handle)
+        if container is None:
+            return ""
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        return str((networks.get(self.network_name) or {}).get("IPAddress") or "")
 
     def run_job(self, spec: ServiceSpec, instance: str, *, peers: Mapping[str, Peer],
                 timeout: float) -> CommandResult:
@@ -701,7 +712,14 @@ class DockerBackend:
         return BIND, ports[port]
 
     def address(self, handle: Handle, port: str) -> tuple[str, int]:
-        return _state(handle).alias, handle.spec.port(port).port
+        """How the other containers reach an instance: its network alias, except agent
+        replicas, which go by their IP address: nginx resolves upstream names only when it
+        loads its config, and refuses to reload while a listed name does not resolve — as
+        a killed replica's alias does not."""
+        st = _state(handle)
+        if st.ip:
+            return st.ip, handle.spec.port(port).port
+        return st.alias, handle.spec.port(port).port
 
     def write_file(self, handle: Handle, relpath: str, content: str) -> None:
         st = _state(handle)

@@ -382,6 +382,14 @@ class Stack:
             return self._routes.to_instance(handle)
         return handle.address("http")
 
+    def _drain(self) -> None:
+        """The deregistration delay (``stack.lb.drain_s``): after a reload, nginx's old
+        workers still forward the requests they had accepted to the instances they knew;
+        stopping those at once would fail (or retry) them."""
+        delay = self.config.stack.lb.drain_s if self.config is not None else 0.0
+        if delay:
+            time.sleep(delay)
+
     def _retire(self, handle: Handle, grace: float | None = None) -> None:
         """Stop an agent instance that no longer serves, and drop what routed to it."""
         self.backend.stop(handle, grace=grace)
@@ -595,6 +603,7 @@ class Stack:
         self._sync_targets()
         switched = time.monotonic()
         if drain:
+            self._drain()
             self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
         self._retire(replica.handle)
         self.progress(ProgressEvent(replica.handle.name, "stopped"))
@@ -664,6 +673,7 @@ class Stack:
         self._sync_routing()
         self._sync_targets()
         switched = time.monotonic() - t0
+        self._drain()
         with cf.ThreadPoolExecutor(max_workers=max(1, len(old))) as pool:
             list(pool.map(lambda r: self._retire(r.handle), old))
         return switched
@@ -733,6 +743,7 @@ class Stack:
                 self._state.replicas = keep
             self._sync_routing()
             self._sync_targets()
+            self._drain()
             for r in drop:
                 self._retire(r.handle)
                 if self._routes is not None:
