@@ -36,8 +36,7 @@ __all__ = ["ensure_dep_wheels", "ensure_project_wheel", "file_sha256", "requirem
            "unsatisfied_requirements"]
 
 # Dev-only extras never go into the image: the containers need only the runtime deps.
-# matplotlib only draws results.html, on the host (~40 MB with numpy that no service uses).
-_EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout", "matplotlib"}
+_EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
 _SOURCE_TOP = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md",
                "README.rst", "LICENSE")
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
