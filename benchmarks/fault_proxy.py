@@ -1,7 +1,7 @@
 """What the built-in fault proxy costs when no toxic is set.
 
     .venv/bin/python benchmarks/fault_proxy.py --part redis [--requests 100000] [--clients 16]
-    .venv/bin/python benchmarks/fault_proxy.py --part stack      # not implemented yet (exit 2)
+    .venv/bin/python benchmarks/fault_proxy.py --part stack [--stack-rounds 2] [--users 20]
     .venv/bin/python benchmarks/fault_proxy.py --part all
 
 Part ``redis``: a real redis-server, and our fault proxy (``python -m
@@ -11,8 +11,12 @@ alternating, ``--rounds`` times each; the medians are printed with the ratios. T
 throughput through the proxy >= 0.5x direct, and <= 0.3 ms added to the p50 latency.
 Exit code 0 when both are met, 1 when one is missed, 2 on a missing tool or part.
 
-Part ``stack`` (whole-stack chat requests/s with the proxy in every path vs wired
-directly) is to be added with the stack's fault wiring.
+Part ``stack``: the whole staging stack on the local backend, once with the fault proxy
+in every path (clients -> nginx -> replicas -> Redis / Milvus / LLM) and once wired
+directly (``stack.faults.enabled: false``), alternating ``--stack-rounds`` times; each
+time the same unpaced Locust load (``--users`` users, 80% repeated questions) runs for
+``--duration`` seconds through the load balancer. Target: chat requests/s with the proxy
+>= 0.9x direct — the proxy must never be what limits a load rehearsal.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from agentverify.faults.client import ToxiproxyClient
 
 TARGET_RATIO = 0.5
 TARGET_ADDED_P50_MS = 0.3
+TARGET_STACK_RATIO = 0.9
 
 
 def free_port() -> int:
@@ -128,6 +133,56 @@ def part_redis(args: argparse.Namespace) -> int:
     return 0 if met else 1
 
 
+def _stack_rps(faults: bool, args: argparse.Namespace) -> dict[str, float]:
+    """One stack up, one load through it, the stack down; its requests/s and p95."""
+    import os
+    from pathlib import Path
+
+    from agentverify.load.driver import LoadDriver
+    from agentverify.load.plan import LoadPlan
+    from agentverify.scenarios.smoke import load_prompts
+    from agentverify.session import AgentVerifySession
+
+    repo = Path(__file__).resolve().parents[1]
+    session = AgentVerifySession(env="staging", config_path=str(repo / "agentverify.yaml"),
+                                 backend="local", say=lambda line: None,
+                                 report_dir=tempfile.mkdtemp(prefix="av-bench-"),
+                                 overrides={"stack.faults.enabled": faults},
+                                 environ=dict(os.environ))
+    try:
+        with session.fresh_stack() as stack:
+            plan = LoadPlan(host=stack.lb_url, users=args.users, spawn_rate=args.users,
+                            duration_s=args.duration, repeat_ratio=0.8,
+                            prompts=tuple(load_prompts(repo / "fixtures" / "prompts.jsonl")),
+                            client_prefix="bench")
+            result = LoadDriver(plan, say=lambda line: None, run=stack.run).run().result
+            return {"rps": result.rps, "p95_ms": result.p95_ms,
+                    "error_ratio": result.error_ratio}
+    finally:
+        session.close()
+
+
+def part_stack(args: argparse.Namespace) -> int:
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for _ in range(args.stack_rounds):
+        for faults in (False, True):
+            figures = _stack_rps(faults, args)
+            runs[faults].append(figures)
+            print(f"stack {'through the proxy' if faults else 'wired directly':<18} "
+                  f"{figures['rps']:8.1f} req/s  p95 {figures['p95_ms']:6.1f} ms  "
+                  f"errors {figures['error_ratio']:.4f}", flush=True)
+    direct = statistics.median(r["rps"] for r in runs[False])
+    proxied = statistics.median(r["rps"] for r in runs[True])
+    ratio = proxied / direct if direct else 0.0
+    met = ratio >= TARGET_STACK_RATIO
+    print(f"stack: {proxied:.1f} req/s through the proxy vs {direct:.1f} direct: ratio "
+          f"{ratio:.2f}x (target >= {TARGET_STACK_RATIO}): {'met' if met else 'MISSED'}")
+    print(json.dumps({"part": "stack", "users": args.users, "duration_s": args.duration,
+                      "direct": runs[False], "proxied": runs[True], "ratio": round(ratio, 3),
+                      "target": TARGET_STACK_RATIO, "met": met}))
+    return 0 if met else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("redis", "stack", "all"), default="all")
@@ -136,13 +191,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="value size in bytes")
     parser.add_argument("--rounds", type=int, default=3, help="direct/proxy alternations (medians reported)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the proxy's event loop")
+    parser.add_argument("--stack-rounds", type=int, default=2, help="stack part: direct/proxy alternations")
+    parser.add_argument("--users", type=int, default=20, help="stack part: Locust users (unpaced)")
+    parser.add_argument("--duration", type=float, default=15.0, help="stack part: seconds of load each")
     args = parser.parse_args()
     code = 0
     if args.part in ("redis", "all"):
         code = part_redis(args)
     if args.part in ("stack", "all"):
-        print("fault_proxy: part stack: not implemented yet", file=sys.stderr)
-        return 2
+        code = max(code, part_stack(args))
     return code
 
 

@@ -113,6 +113,11 @@ class FaultsConfig(_Section):
     proxy: Literal["auto", "builtin", "toxiproxy"] = Field(
         "auto", description="auto: a real toxiproxy (toxiproxy-server on PATH, or the image "
                             "stack.images.toxiproxy) when there is one, else the built-in server")
+    edges: list[Literal["redis", "milvus", "llm", "agent", "lb"]] = Field(
+        default_factory=lambda: ["redis", "milvus", "llm", "agent"],
+        description="the edges routed through the proxy: each replica's dependencies, "
+                    "nginx -> each replica (agent), clients -> nginx (lb: every request "
+                    "then crosses the proxy once more)")
 
 
 class LoadBalancerConfig(_Section):

@@ -157,6 +157,10 @@ class FaultParams(StepParams):
 
 
 def _proxies(ctx: ScenarioContext, params: FaultParams) -> list[str]:
+    try:
+        ctx.stack.faults.require(params.target)
+    except StackError as exc:
+        raise ScenarioError(f"fault: {exc}") from exc
     replicas = ctx.stack.replicas
     if params.replicas != "all":
         known = {r.instance for r in replicas}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from agentverify.errors import StackError
 from agentverify.faults.client import Proxy, ToxiproxyClient
 from agentverify.stack.backend import Handle
 from agentverify.stack.spec import ServiceSpec
@@ -69,10 +70,13 @@ class FaultRoutes:
 
     Args:
         proxy: the running ``toxiproxy`` service.
+        edges: which edges go through it (``stack.faults.edges``).
     """
 
-    def __init__(self, proxy: Handle) -> None:
+    def __init__(self, proxy: Handle,
+                 edges: tuple[str, ...] = (*DEPENDENCIES, "agent", LB_EDGE)) -> None:
         self.proxy = proxy
+        self.edges = tuple(edges)
         self.client = ToxiproxyClient(proxy.url("api"))
         #: where the other services reach the proxy (and so where its proxies listen)
         self.host = proxy.address("api")[0]
@@ -104,19 +108,29 @@ class FaultRoutes:
         """``peers`` as replica slot ``instance`` sees them: its dependencies proxied."""
         out: dict[str, object] = dict(peers)
         for service in DEPENDENCIES:
-            if service in peers:
+            if service in peers and service in self.edges:
                 host, port = self.dependency(service, instance, peers[service])
                 out[service] = ProxiedPeer(peers[service].spec, host, port)
         return out
 
     def to_instance(self, handle: Handle) -> tuple[str, int]:
-        """Where nginx reaches one instance of a replica (its proxy)."""
+        """Where nginx reaches one instance of a replica (its proxy, or directly when the
+        ``agent`` edge is not routed)."""
+        if "agent" not in self.edges:
+            return handle.address("http")
         proxy = self._ensure(instance_edge_name(handle), handle.address("http"))
         return self.host, proxy.port
 
     def front(self, lb: Handle) -> None:
         """The ``lb`` proxy, on the proxy service's published ``lb`` port, towards nginx."""
-        self._ensure(LB_EDGE, lb.address("http"), port=self.proxy.address(LB_EDGE)[1])
+        if LB_EDGE in self.edges:
+            self._ensure(LB_EDGE, lb.address("http"), port=self.proxy.address(LB_EDGE)[1])
+
+    def require(self, edge: str) -> None:
+        """Raise unless ``edge`` is routed through the proxy."""
+        if edge not in self.edges:
+            raise StackError(f"the {edge} edge does not go through the fault proxy: add it "
+                             f"to stack.faults.edges (now {list(self.edges)})")
 
     def forget_instance(self, handle: Handle) -> None:
         """Delete the proxy of an instance that is gone."""

@@ -234,7 +234,7 @@ class Stack:
                     out[name] = handle.url()
             for r in self._state.replicas:
                 out[r.instance] = r.url
-        if "lb" in out and self._routes is not None:
+        if "lb" in out and self._routes is not None and "lb" in self._routes.edges:
             out["lb"] = self._routes.proxy.url("lb")
         return out
 
@@ -262,10 +262,10 @@ class Stack:
     @property
     def lb_url(self) -> str:
         """Where clients send traffic (see :attr:`endpoints`)."""
-        if self._routes is not None:
-            self.service("lb")
+        lb = self.service("lb")
+        if self._routes is not None and "lb" in self._routes.edges:
             return self._routes.proxy.url("lb")
-        return self.service("lb").url("http")
+        return lb.url("http")
 
     def to_json(self) -> dict[str, Any]:
         """The shape of ``reports/stack.json``."""
@@ -354,7 +354,9 @@ class Stack:
                                             upstream_conf(servers, self._state.generation)})
             handle = self._start_instance(svc, svc.name)
             if svc.role == ROLE_FAULTS:
-                self._routes = FaultRoutes(handle)
+                edges = tuple(self.config.stack.faults.edges) if self.config is not None \
+                    else ("redis", "milvus", "llm", "agent", "lb")
+                self._routes = FaultRoutes(handle, edges)
                 self.progress(ProgressEvent(handle.name, "info",
                                             detail=f"fault proxy: {svc.implementation}"))
             with self._lock:
