@@ -36,7 +36,7 @@ on_docker = pytest.mark.parametrize(
     "backend_name", [pytest.param("docker", id="docker", marks=pytest.mark.docker)],
     indirect=True)
 needs_docker = pytest.mark.docker
-SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb"}
+SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb", "toxiproxy"}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,8 @@ def test_stack_json_has_the_same_shape_on_every_backend(stack: Stack) -> None:
     assert (data["backend"], data["env"]) == (stack.backend.name, "staging")
     assert set(data["services"]) == SERVICES | {"agent-0", "agent-1", "agent-2"}
     for name, info in data["services"].items():
-        expected = {"url", "version"} if name.startswith("agent-") else {"url"}
+        expected = {"url", "version"} if name.startswith("agent-") else \
+            {"url", "implementation"} if name == "toxiproxy" else {"url"}
         assert set(info) == expected, name
         assert info["url"].split("://")[1].startswith("127.0.0.1:"), info
     assert data["services"]["redis"]["url"].startswith("redis://")
@@ -140,7 +141,10 @@ def test_chat_through_nginx(stack: Stack) -> None:
 def test_prometheus_scrapes_replicas_through_file_sd(stack: Stack) -> None:
     """targets/agents.json is renamed into place on the host; Prometheus sees it inside."""
     prom = stack.service("prometheus").url("http")
-    want = {f"agent-{i}-g1:8000" for i in range(3)}
+    # replicas go by their address on the run's network (see DockerBackend.address)
+    want = {"%s:%d" % r.handle.address("http") for r in stack.replicas}
+    assert all(not host.startswith("agent-") for host, _ in
+               (r.handle.address("http") for r in stack.replicas))
     deadline = time.monotonic() + 60
     seen: set[str] = set()
     while time.monotonic() < deadline:
@@ -159,7 +163,8 @@ def test_scale_to_4_reloads_nginx_onto_the_new_replica(stack: Stack) -> None:
         stack.scale(4)
         new = stack.replicas[-1]
         assert new.instance == "agent-3"
-        assert new.handle.address("http") == ("agent-3-g1", 8000)
+        host, port = new.handle.address("http")
+        assert port == 8000 and host == new.handle.state.ip and host
         seen: set[str] = set()
         deadline = time.monotonic() + 30
         while "agent-3" not in seen and time.monotonic() < deadline:
@@ -173,12 +178,12 @@ def test_scale_to_4_reloads_nginx_onto_the_new_replica(stack: Stack) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             targets = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]
-            if any(t["labels"]["instance"] == "agent-3-g1:8000"
+            if any(t["labels"]["instance"] == f"{host}:8000"
                    for t in targets["activeTargets"]):
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("Prometheus never saw agent-3-g1 in targets/agents.json")
+            pytest.fail(f"Prometheus never saw agent-3 ({host}) in targets/agents.json")
     finally:
         stack.scale(3)
     assert [r.instance for r in stack.replicas] == ["agent-0", "agent-1", "agent-2"]

@@ -60,7 +60,7 @@ def test_an_undrained_rollout_is_caught_by_retried_requests(tmp_path: Path, av_s
     spec = _inline(tmp_path, """
 name: undrained-rollout
 steps:
-  - probe_start: {rps: 10, unique: true}
+  - probe_start: {rps: 20, unique: true}
   - llm_fault: {latency_ms: 300, rate: 0, wait: false}
   - rolling_update: {version: v2, bake_s: 0.5, drain: false}
   - probe_stop: {}
