@@ -87,6 +87,9 @@ class AgentVerifySession:
         self._stack_error: BaseException | None = None
         self._lock = threading.Lock()
         self.on_stack_ready: Callable[[Stack], None] | None = None
+        #: the scenario running now, and how much of each stack's start log is journaled
+        self._scenario: str | None = None
+        self._journaled: dict[int, int] = {}
 
     @classmethod
     def from_options(cls, values: OptionValues, *, root: Path | None = None,
@@ -163,6 +166,7 @@ class AgentVerifySession:
                          f"logs in {stack.run.run_dir})")
                 self._stack = stack
                 self.journal.stack = stack.to_json()
+                self._journal_stack(stack)
                 stack.write_stack_json(self.report_dir / "stack.json")
                 if self.on_stack_ready:
                     self.on_stack_ready(stack)
@@ -175,7 +179,29 @@ class AgentVerifySession:
             else self.config
         stack = self.new_stack(config)
         with stack:
-            yield stack
+            self._journal_stack(stack)
+            try:
+                yield stack
+            finally:
+                self._journal_starts(stack)
+
+    def _journal_stack(self, stack: Stack) -> None:
+        """A stack that came up: when, how long it took, for which scenario."""
+        up = stack.up_seconds or 0.0
+        self.journal.stacks.append({"run_id": stack.run.run_id if stack.run else None,
+                                    "started": round(time.time() - up, 3),
+                                    "up_s": round(up, 3), "scenario": self._scenario})
+
+    def _journal_starts(self, stack: Stack) -> None:
+        """The instance starts of ``stack`` not journaled yet (what a gate spends on them)."""
+        done = self._journaled.get(id(stack), 0)
+        entries = stack.start_log[done:]
+        self._journaled[id(stack)] = done + len(entries)
+        for instance, role, started, ready in entries:
+            self.journal.starts.append({"instance": instance, "role": role,
+                                        "started": round(started, 3),
+                                        "ready": None if ready is None else round(ready, 3),
+                                        "scenario": self._scenario})
 
     # ------------------------------------------------------------------ scenarios
 
@@ -184,6 +210,7 @@ class AgentVerifySession:
         from agentverify.scenarios.runner import ScenarioContext, restore_baseline, run_scenario
 
         t0 = time.monotonic()
+        self._scenario = spec.name
         try:
             cm = self.fresh_stack() if spec.fresh_stack else contextlib.nullcontext(
                 self.stack())
@@ -202,6 +229,8 @@ class AgentVerifySession:
                         except AgentVerifyError as exc:
                             self._stack_error = exc
                             self.say(f"could not restore the shared stack: {exc}")
+                        finally:
+                            self._journal_starts(stack)
         except AgentVerifyError as exc:
             result = ScenarioResult(name=spec.name, file=str(spec.file),
                                     error=self.redactor(str(exc)),

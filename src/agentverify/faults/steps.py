@@ -112,7 +112,7 @@ def _hold(ctx: ScenarioContext, fault: ActiveFault, duration_s: float | None,
     if duration_s is None:
         return 0.0
     if wait:
-        time.sleep(duration_s)
+        ctx.wait(duration_s, "fault held")
         _end(ctx, fault)
         return duration_s
     timer = threading.Timer(duration_s, lambda: _end(ctx, fault))
@@ -422,7 +422,7 @@ def steady_state(ctx: ScenarioContext, params: SteadyStateParams) -> dict[str, A
     monitor = SteadyStateMonitor(ctx, hypothesis, probe).start()
     ctx.defer("stop the steady-state monitor", monitor.stop)
     ctx.say(f"  steady state: {hypothesis.describe()}")
-    time.sleep(max(params.before_s, params.window_s))
+    ctx.wait(max(params.before_s, params.window_s), "steady state before")
     before_until = time.monotonic()
     ctx.state[STEADY_KEY] = _Steady(monitor, before_until, own)
     verdict = monitor.verdict(before_until=before_until, faults=[], steady_from=None)

@@ -204,6 +204,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         abort_on=slo_abort.check if abort_on_fail else None, poll=poll,
         on_snapshot=lambda snap: first.setdefault("t0", time.time() - snap.t))
     result = run.result
+    ctx.waited(result.duration_s, "load")
     ctx.say(f"  {result.summary()}")
 
     delta = LedgerDelta.between(ledger_before, settled_ledger(ctx.ledger))
@@ -311,6 +312,7 @@ def _measure(ctx: ScenarioContext, prices: PriceTable, plan: LoadPlan, name: str
     before = ctx.ledger()
     run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
     result = run.result
+    ctx.waited(result.duration_s, "load")
     delta = LedgerDelta.between(before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta).total_usd
     ok = result.cache_hits + result.cache_misses

@@ -135,14 +135,22 @@ class StepResult:
     facts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     started: float | None = None
+    #: seconds the step spent waiting on purpose, by reason (a load's duration, a bake,
+    #: a fault held, a deregistration delay, a deliberate timeout): what a gate costs
+    #: by design, as opposed to what agentverify itself costs
+    waits: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.error is None
 
+    def waited(self, reason: str, seconds: float) -> None:
+        self.waits[reason] = self.waits.get(reason, 0.0) + seconds
+
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "type": self.type, "seconds": round(self.seconds, 3),
-                "started": _round(self.started), "facts": self.facts, "error": self.error}
+                "started": _round(self.started), "facts": self.facts, "error": self.error,
+                "waits": {k: round(v, 3) for k, v in self.waits.items()}}
 
 
 @dataclass
@@ -213,6 +221,11 @@ class RunJournal:
     panels: dict[str, Any] = field(default_factory=dict)
     panels_error: str | None = None
     ended: float | None = None
+    #: every instance start of the run: ``{"instance", "role", "started", "ready",
+    #: "scenario"}`` (unix s; ready None when it never got ready)
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    #: every stack brought up: ``{"run_id", "started", "up_s", "scenario"}``
+    stacks: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, result: ScenarioResult) -> None:
@@ -254,7 +267,8 @@ class RunJournal:
                 "started_unix": round(self.started, 3), "ended_unix": _round(self.ended),
                 "passed": all(s["passed"] for s in scenarios),
                 "stack": self.stack, "scenarios": scenarios, "timeline": timeline,
-                "panels": self.panels, "panels_error": self.panels_error}
+                "panels": self.panels, "panels_error": self.panels_error,
+                "starts": list(self.starts), "stacks": list(self.stacks)}
 
     def write_json(self, path: Path, redact=lambda data: data) -> Path:
         """Write atomically (a crash never leaves half a file)."""

@@ -118,18 +118,24 @@ def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParam
     if probe is None or params.bake_s == 0:
         return None
     since = probe.elapsed
-    deadline = time.monotonic() + params.bake_s
-    while True:
-        time.sleep(min(0.1, params.bake_s))
-        report = probe.snapshot()
-        replica_samples = [s for s in report.samples if s.t >= since and s.replica == replica]
-        failed = sum(1 for s in replica_samples if not s.ok)
-        total = len(replica_samples)
-        if total and failed / total > params.max_error_ratio and total >= params.min_bake_requests:
-            return (f"{replica} at {version} answered {failed} of {total} requests with "
-                    f"errors while baking (allowed ratio {params.max_error_ratio:g})")
-        if time.monotonic() >= deadline:
-            return None
+    t0 = time.monotonic()
+    deadline = t0 + params.bake_s
+    try:
+        while True:
+            time.sleep(min(0.1, params.bake_s))
+            report = probe.snapshot()
+            replica_samples = [s for s in report.samples
+                               if s.t >= since and s.replica == replica]
+            failed = sum(1 for s in replica_samples if not s.ok)
+            total = len(replica_samples)
+            if total and failed / total > params.max_error_ratio and \
+                    total >= params.min_bake_requests:
+                return (f"{replica} at {version} answered {failed} of {total} requests with "
+                        f"errors while baking (allowed ratio {params.max_error_ratio:g})")
+            if time.monotonic() >= deadline:
+                return None
+    finally:
+        ctx.waited(time.monotonic() - t0, "bake")
 
 
 def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
@@ -147,6 +153,8 @@ def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
     if rollout.completed:
         return facts
     ctx.say(f"  rollout stopped: {rollout.failure}")
+    if "did not become healthy" in (rollout.failure or ""):  # a deliberate timeout
+        ctx.waited(params.health_timeout_s or ctx.config.stack.start_timeout, "health timeout")
     if params.auto_rollback and any(v != rollout.from_version for v in stack.versions):
         ctx.say(f"  rolling back to {rollout.from_version}")
         t1 = time.monotonic()
@@ -156,7 +164,7 @@ def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
         probe = _probe(ctx)
         if probe is not None:
             done_at = probe.elapsed
-            time.sleep(max(params.bake_s, 0.5))  # watch the recovered fleet
+            ctx.wait(max(params.bake_s, 0.5), "bake")  # watch the recovered fleet
             facts["failed_after_rollback"] = probe.snapshot().failed_after(done_at)
     return facts
 

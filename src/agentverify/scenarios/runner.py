@@ -64,6 +64,8 @@ class ScenarioContext:
         self.backend = backend
         self.facts: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
+        #: the step running now (its waits are accounted on it)
+        self.step: StepResult | None = None
         self.series: dict[str, TimeSeries | list[list[float]]] = {}
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
@@ -118,6 +120,19 @@ class ScenarioContext:
         """
         return self.journal.event(kind, label, t=t, end=end, scenario=self.scenario, **detail)
 
+    def wait(self, seconds: float, reason: str) -> None:
+        """Sleep ``seconds`` on purpose (a bake, a fault held) and account for it: the
+        report splits a gate's time into these waits and agentverify's own overhead."""
+        if seconds > 0:
+            time.sleep(seconds)
+            self.waited(seconds, reason)
+
+    def waited(self, seconds: float, reason: str) -> None:
+        """Account for ``seconds`` the current step spent waiting on purpose in some
+        other way (a load's duration, a deliberate timeout)."""
+        if self.step is not None and seconds > 0:
+            self.step.waited(reason, seconds)
+
     def defer(self, description: str, func: Callable[[], None]) -> None:
         """Run ``func`` after the scenario, even if it fails or is interrupted."""
         self._cleanups.append((description, func))
@@ -166,6 +181,8 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
             record = StepResult(index=step.index, type=step.type, seconds=0.0,
                                 started=time.time())
             result.steps.append(record)
+            ctx.step = record
+            stack_waits = dict(getattr(ctx.stack, "waits", {}))
             try:
                 facts = step.step_type.func(ctx, step.params) or {}
             except AgentVerifyError as exc:
@@ -174,6 +191,10 @@ def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:
                 break
             finally:
                 record.seconds = time.monotonic() - t0
+                for reason, total in getattr(ctx.stack, "waits", {}).items():
+                    if total > stack_waits.get(reason, 0.0):
+                        record.waited(reason, total - stack_waits.get(reason, 0.0))
+                ctx.step = None
                 _step_event(ctx, step, record)
             if step.params.label:
                 facts = {f"{k}_{step.params.label}": v for k, v in facts.items()}

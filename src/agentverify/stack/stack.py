@@ -157,6 +157,10 @@ class Stack:
         self._job_seconds: dict[str, float] = {}
         #: the fault proxy's routes, when the stack has one (stack.faults.enabled)
         self._routes: FaultRoutes | None = None
+        #: seconds spent waiting on purpose, by reason (the deregistration delay)
+        self.waits: dict[str, float] = {}
+        #: every instance start: [instance, role, started unix, ready unix or None]
+        self.start_log: list[list[Any]] = []
 
     # ------------------------------------------------------------------ construction
 
@@ -391,6 +395,8 @@ class Stack:
         delay = self.config.stack.lb.drain_s if self.config is not None else 0.0
         if delay:
             time.sleep(delay)
+            with self._lock:
+                self.waits["drain"] = self.waits.get("drain", 0.0) + delay
 
     def _retire(self, handle: Handle, grace: float | None = None) -> None:
         """Stop an agent instance that no longer serves, and drop what routed to it."""
@@ -404,6 +410,9 @@ class Stack:
         """Start one instance and wait until its readiness check passes."""
         self.progress(ProgressEvent(instance, "starting"))
         t0 = time.monotonic()
+        log_entry = [instance, svc.role, time.time(), None]
+        with self._lock:
+            self.start_log.append(log_entry)
         try:
             handle = self.backend.start(svc, instance, peers=self._peers_for(svc, instance),
                                         generation=generation)
@@ -427,6 +436,7 @@ class Stack:
             raise type(exc)(self.redactor(str(exc))) from None
         handle.ready_at = time.monotonic()
         handle.ready_seconds = handle.ready_at - t0
+        log_entry[3] = time.time()
         self.progress(ProgressEvent(instance, "ready", handle.ready_at - t0))
         return handle
 
