@@ -137,11 +137,12 @@ class AgentVerifySession:
         if line:
             self.say(line)
 
-    def new_stack(self, config: Config | None = None) -> Stack:
+    def new_stack(self, config: Config | None = None, *,
+                  only: tuple[str, ...] | None = None) -> Stack:
         config = config or self.config
         stack = Stack.from_config(config, backend=self.make_backend(self.backend_name, config),
                                   progress=self._progress, environ=self.environ,
-                                  state_dir=default_state_dir(self.environ))
+                                  state_dir=default_state_dir(self.environ), only=only)
         self.redactor.extend(stack.redactor)
         return stack
 
@@ -173,11 +174,13 @@ class AgentVerifySession:
             return self._stack
 
     @contextlib.contextmanager
-    def fresh_stack(self, **overrides: Any) -> Iterator[Stack]:
-        """A stack of its own (e.g. ``fresh_stack(**{"stack.replicas": 5})``)."""
+    def fresh_stack(self, *, only: tuple[str, ...] | None = None,
+                    **overrides: Any) -> Iterator[Stack]:
+        """A stack of its own (e.g. ``fresh_stack(**{"stack.replicas": 5})``); ``only``:
+        just those services and their dependencies."""
         config = with_overrides(self.config, overrides, source="fresh stack") if overrides \
             else self.config
-        stack = self.new_stack(config)
+        stack = self.new_stack(config, only=only)
         with stack:
             self._journal_stack(stack)
             try:
@@ -238,13 +241,16 @@ class AgentVerifySession:
             result.gates = [g.evaluate({}) for g in spec.gates(self.env)]
         result.error = self.redactor(result.error) if result.error else None
         self.journal.add(result)
-        self.write_reports()
+        # the journal after every scenario (a crash still leaves it); the HTML page, whose
+        # plots take seconds to draw, once at the end (pytest_sessionfinish, also on Ctrl-C)
+        self.write_reports(html=False)
         return result
 
     # ------------------------------------------------------------------ reports
 
-    def write_reports(self) -> list[Path]:
-        """results.json, results.html and junit.xml; a failing writer is reported, never raised."""
+    def write_reports(self, *, html: bool = True) -> list[Path]:
+        """results.json, junit.xml and (``html``) results.html; a failing writer is
+        reported, never raised."""
         written = []
         try:
             written.append(self.journal.write_json(self.report_dir / "results.json",
@@ -254,7 +260,8 @@ class AgentVerifySession:
         from agentverify.report.html import write_html
         from agentverify.report.junit import write_junit
 
-        for name, writer in (("results.html", write_html), ("junit.xml", write_junit)):
+        writers = [("junit.xml", write_junit)] + ([("results.html", write_html)] if html else [])
+        for name, writer in writers:
             try:
                 written.append(writer(self.journal, self.report_dir / name,
                                       redact=self.redactor.scrub))

@@ -73,6 +73,8 @@ class ActiveFault:
     started_unix: float
     ended: float | None = None
     removed: bool = False
+    #: monotonic time a background timer removes it (``wait: false`` with a duration)
+    ends_at: float | None = None
     remove: Any = None
     detail: dict[str, Any] = field(default_factory=dict)
     #: a background timer and the scenario's clean-up may both end it
@@ -115,6 +117,7 @@ def _hold(ctx: ScenarioContext, fault: ActiveFault, duration_s: float | None,
         ctx.wait(duration_s, "fault held")
         _end(ctx, fault)
         return duration_s
+    fault.ends_at = time.monotonic() + duration_s
     timer = threading.Timer(duration_s, lambda: _end(ctx, fault))
     timer.daemon = True
     timer.start()
@@ -501,6 +504,10 @@ def dependency_health(ctx: ScenarioContext, params: DependencyHealthParams) -> d
             break
         time.sleep(0.2)
     seconds = time.monotonic() - t0
+    # waiting here for a fault held in the background to end is that fault's duration
+    scheduled = [f.ends_at for f in _faults(ctx) if f.ends_at is not None]
+    if scheduled:
+        ctx.waited(max(0.0, min(max(scheduled), time.monotonic()) - t0), "fault held")
     if not ok:
         for instance, code, text in answers:
             ctx.say(f"  {instance}: {code} {text[:160]}")

@@ -233,7 +233,10 @@ class RestoreParams(StepParams):
     archive: str | None = Field(None, description="default: the one the backup step wrote")
     target: Literal["fresh", "live"] = Field(
         "fresh", description="fresh: a new stack of its own; live: the scenario's stack")
-    replicas: int = Field(1, ge=1, le=32, description="agent replicas of the fresh stack")
+    fresh: Literal["data", "whole"] = Field(
+        "data", description="data: the fresh stack is Redis and Milvus only (what a restore "
+                            "fills and the comparison reads); whole: every service")
+    replicas: int = Field(1, ge=1, le=32, description="agent replicas of a whole fresh stack")
     batch_size: int = Field(512, ge=1, le=100_000)
     ttl_slack_s: float = Field(2.0, ge=0.0)
     score_tolerance: float = Field(1e-4, ge=0.0)
@@ -256,7 +259,8 @@ def restore_verify(ctx: ScenarioContext, params: RestoreParams) -> dict[str, Any
         if params.target == "live":
             return _restore_and_compare(ctx, ctx.stack, opened, params, 0.0)
         t0 = time.monotonic()
-        with ctx.new_stack(**{"stack.replicas": params.replicas}) as fresh:
+        only = ("redis", "milvus") if params.fresh == "data" else None
+        with ctx.new_stack(only=only, **{"stack.replicas": params.replicas}) as fresh:
             up = time.monotonic() - t0
             ctx.say(f"  fresh stack up in {up:.1f}s")
             return _restore_and_compare(ctx, fresh, opened, params, up)

@@ -92,14 +92,16 @@ class ScenarioContext:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc
         return resp.json()
 
-    def new_stack(self, **overrides: Any) -> AbstractContextManager[Stack]:
-        """A fresh stack of its own (config ``overrides`` as dotted keys), torn down
-        when the ``with`` block ends: ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
+    def new_stack(self, *, only: tuple[str, ...] | None = None,
+                  **overrides: Any) -> AbstractContextManager[Stack]:
+        """A fresh stack of its own (config ``overrides`` as dotted keys; ``only``: just
+        those services and their dependencies), torn down when the ``with`` block ends:
+        ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
         """
         if self._new_stack is None:
             raise StackError("this scenario context cannot start a fresh stack "
                              "(it was made without a session)")
-        return self._new_stack(**overrides)
+        return self._new_stack(only=only, **overrides)
 
     def event(self, kind: str, label: str, *, t: float | None = None, end: float | None = None,
               **detail: Any) -> TimelineEvent:
@@ -157,13 +159,18 @@ class ScenarioContext:
 
 
 def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = print) -> None:
-    """Bring a shared stack back to the configured version and replica count."""
+    """Bring a shared stack back to the configured version and replica count.
+
+    No traffic is measured between scenarios, so every replica is replaced at once
+    (blue/green: new instances started side by side, then one switch) rather than one at
+    a time: one agent start on the clock instead of one per replica.
+    """
     if not stack.is_up:
         return
     want_version = config.stack.version
     if any(v != want_version for v in stack.versions):
-        say(f"restoring baseline: replicas back to {want_version}")
-        stack.rollback(want_version)
+        say(f"restoring baseline: every replica back to {want_version} at once")
+        stack.promote(stack.start_standby(want_version))
     if len(stack.replicas) != config.stack.replicas:
         say(f"restoring baseline: scaling back to {config.stack.replicas} replicas")
         stack.scale(config.stack.replicas, version=want_version)

@@ -141,6 +141,23 @@ class StackSpec:
                 return s
         raise KeyError(name)
 
+    def subset(self, names: tuple[str, ...] | list[str]) -> StackSpec:
+        """Only the services ``names`` and what they depend on (e.g. a stack of Redis and
+        Milvus alone, to restore a backup into)."""
+        keep: set[str] = set()
+
+        def add(name: str) -> None:
+            if name in keep:
+                return
+            keep.add(name)
+            for dep in self[name].depends_on:
+                add(dep)
+
+        for name in names:
+            add(name)
+        return StackSpec(services=tuple(s for s in self.services if s.name in keep),
+                         env_name=self.env_name)
+
     def by_role(self, role: str) -> list[ServiceSpec]:
         return [s for s in self.services if s.role == role]
 
@@ -241,7 +258,9 @@ def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) 
         ports=(Port("http", agent.port),),
         env=env,
         health=HttpWaitStrategy("http", agent.health_path).with_timeout(config.stack.start_timeout),
-        depends_on=("redis", "milvus", "llm", "ingest",
+        # not on the ingest job: replicas start while the knowledge is loaded (their
+        # health check waits for the collection), and the load balancer waits for both
+        depends_on=("redis", "milvus", "llm",
                     *(("toxiproxy",) if config.stack.faults.enabled else ())),
         replicas=config.stack.replicas,
         files={"config.yaml": agent_config_yaml(config)},
@@ -365,7 +384,7 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
         command=("nginx", "-e", "stderr", "-p", "${datadir}", "-c", "${confdir}/nginx.conf"),
         ports=(Port("http", 80),),
         health=HttpWaitStrategy("http", "/nginx-health").with_timeout(start_timeout),
-        depends_on=("agent",),
+        depends_on=("agent", "ingest"),
         files={"nginx.conf": nginx_conf(config.stack.lb.retries)},
         requires={"nginx": "nginx-light"},
         stop_grace=5.0,

@@ -168,8 +168,10 @@ class Stack:
     def from_config(cls, config: Any, *, backend: str | Backend | None = None,
                     progress: ProgressSink | None = None,
                     environ: Mapping[str, str] | None = None,
-                    state_dir: Path | None = None) -> Stack:
-        """Build the seed's stack from a resolved :class:`~agentverify.config.Config`."""
+                    state_dir: Path | None = None,
+                    only: tuple[str, ...] | None = None) -> Stack:
+        """Build the seed's stack from a resolved :class:`~agentverify.config.Config`
+        (``only``: just these services and their dependencies)."""
         from agentverify.secrets import resolve_api_keys
         from agentverify.stack.spec import agent_spec, build_stack_spec
 
@@ -178,6 +180,8 @@ class Stack:
         be = backend if not isinstance(backend, (str, type(None))) else \
             get_backend(backend or config.stack.backend, config=config)
         spec = build_stack_spec(config, api_keys=keys, backend=be.name)
+        if only:
+            spec = spec.subset(only)
         return cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
                    config=config,
                    agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
