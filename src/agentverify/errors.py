@@ -17,7 +17,8 @@ red gate or a failed test with the observed state.
     ├── ScenarioError               a rehearsal could not be carried out
     │   ├── DeployError
     │   ├── RollbackError
-    │   └── BackupRestoreError
+    │   ├── BackupRestoreError
+    │   └── ContractError           the agent's reply does not match stack.agent.contract
     ├── LoadTestError
     └── FaultInjectionError
 
@@ -40,6 +41,7 @@ __all__ = [
     "DeployError",
     "RollbackError",
     "BackupRestoreError",
+    "ContractError",
     "LoadTestError",
     "FaultInjectionError",
 ]
@@ -101,6 +103,11 @@ class RollbackError(ScenarioError):
 
 class BackupRestoreError(ScenarioError):
     """A backup could not be written, or an archive could not be verified or restored."""
+
+
+class ContractError(ScenarioError):
+    """The agent answered, but not as ``stack.agent.contract`` says it does: one line
+    naming the contract key, what was wrong, the request and the reply (truncated)."""
 
 
 class LoadTestError(AgentVerifyError):

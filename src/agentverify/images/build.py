@@ -59,10 +59,10 @@ class ImageBuildReport:
 def configured_images(config: Config) -> dict[str, str]:
     """role -> image name the stack uses: ``stack.images`` over the defaults, plus
     ``agent@VERSION`` for versions that name their own image."""
-    from agentverify.stack.spec import DEFAULT_IMAGES
+    from agentverify.stack.spec import default_images
 
     names = {role: config.stack.images.get(role, default)
-             for role, default in DEFAULT_IMAGES.items()}
+             for role, default in default_images(config).items()}
     for role, name in config.stack.images.items():
         names.setdefault(role, name)
     for version, knobs in sorted(config.stack.versions.items()):

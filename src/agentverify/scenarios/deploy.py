@@ -92,7 +92,7 @@ def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
         ctx.say(f"  deploy: {len(standby)} replica(s) of {params.version} healthy on standby")
 
     def health() -> None:
-        bad = unhealthy(standby, ctx.config.stack.agent.health_path)
+        bad = unhealthy(standby, ctx.config.stack.agent.contract.health_path)
         if bad:
             raise DeployError(f"health check failed: {'; '.join(bad)}")
 

@@ -73,7 +73,7 @@ def unhealthy(replicas: list[Any], path: str) -> list[str]:
 def health(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     """GET /health on every replica directly; each must answer 200."""
     replicas = ctx.stack.replicas
-    bad = unhealthy(replicas, ctx.config.stack.agent.health_path)
+    bad = unhealthy(replicas, ctx.config.stack.agent.contract.health_path)
     for line in bad:
         ctx.say(f"  unhealthy {line}")
     return {"replicas": len(replicas), "healthy_replicas": len(replicas) - len(bad),

@@ -385,7 +385,7 @@ class Stack:
         with cf.ThreadPoolExecutor(max_workers=max(1, len(slots)),
                                    thread_name_prefix="agentverify-replica") as pool:
             futs = {slot: pool.submit(self._start_instance,
-                                      svc.with_env(AGENT_REPLICA=f"agent-{slot}"),
+                                      svc.for_replica(f"agent-{slot}"),
                                       f"agent-{slot}")
                     for slot in slots}
             errors = []
@@ -505,7 +505,7 @@ class Stack:
 
         ``health_timeout`` overrides the agent's readiness deadline (stack.start_timeout).
         """
-        svc = self._agent_spec(version).with_env(AGENT_REPLICA=replica.instance)
+        svc = self._agent_spec(version).for_replica(replica.instance)
         t0 = time.monotonic()
         try:
             handle = self._start_instance(svc, replica.instance,
@@ -559,7 +559,7 @@ class Stack:
         with cf.ThreadPoolExecutor(max_workers=max(1, len(current)),
                                    thread_name_prefix="agentverify-standby") as pool:
             futs = [(r, pool.submit(self._start_instance,
-                                    svc.with_env(AGENT_REPLICA=r.instance), r.instance,
+                                    svc.for_replica(r.instance), r.instance,
                                     r.handle.generation + 1)) for r in current]
             for r, fut in futs:
                 try:
