@@ -142,11 +142,11 @@ class AgentVariables(_Section):
     host: str | None = _var("HOST")
     port: str | None = _var("PORT")
     openai_base_url: str | None = _var("OPENAI_BASE_URL")
-    #: null: the name model.api_key_env gives (the key is always given)
-    openai_api_key: str | None = _var(None)
+    #: the key of the model in use; it is also given under model.api_key_env's name
+    openai_api_key: str | None = _var("OPENAI_API_KEY")
     openai_backup_base_url: str | None = _var(None)
-    #: null: the name model.backup.api_key_env gives (the key is always given)
-    openai_backup_api_key: str | None = _var(None)
+    #: the backup's key; also given under model.backup.api_key_env's name
+    openai_backup_api_key: str | None = _var("OPENAI_BACKUP_API_KEY")
     model: str | None = _var(None)
     redis_url: str | None = _var("REDIS_URL")
     milvus_uri: str | None = _var("MILVUS_URI")

@@ -18,7 +18,8 @@ red gate or a failed test with the observed state.
     │   ├── DeployError
     │   ├── RollbackError
     │   ├── BackupRestoreError
-    │   └── ContractError           the agent's reply does not match stack.agent.contract
+    │   ├── ContractError           the agent's reply does not match stack.agent.contract
+    │   └── AgentOpError            rate limit / cache clear / LLM switch not carried out
     ├── LoadTestError
     └── FaultInjectionError
 
@@ -42,6 +43,7 @@ __all__ = [
     "RollbackError",
     "BackupRestoreError",
     "ContractError",
+    "AgentOpError",
     "LoadTestError",
     "FaultInjectionError",
 ]
@@ -108,6 +110,12 @@ class BackupRestoreError(ScenarioError):
 class ContractError(ScenarioError):
     """The agent answered, but not as ``stack.agent.contract`` says it does: one line
     naming the contract key, what was wrong, the request and the reply (truncated)."""
+
+
+class AgentOpError(ScenarioError):
+    """An operation on the agent fleet (rate limit, cache clear, LLM switch) could not be
+    carried out: the admin endpoint failed, a replica did not follow, or a rolling
+    restart failed (the message names which)."""
 
 
 class LoadTestError(AgentVerifyError):

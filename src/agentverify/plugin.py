@@ -128,7 +128,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         tr.write_line(f"{result.name}: {verdict} in {result.seconds:.1f}s",
                       green=result.passed, red=not result.passed, bold=True)
         for gate in result.gates:
-            tr.write_line(f"  {gate.line()}", green=gate.passed, red=not gate.passed)
+            plain = gate.verdict != "inconclusive"  # inconclusive: yellow, never green
+            tr.write_line(f"  {gate.line()}", green=plain and gate.passed,
+                          red=plain and not gate.passed, yellow=not plain)
         if result.error:
             tr.write_line(f"  error: {result.error.splitlines()[0]}", red=True)
     tr.write_line(f"reports: {av.report_dir / 'results.json'}, "

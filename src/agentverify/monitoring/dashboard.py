@@ -31,9 +31,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

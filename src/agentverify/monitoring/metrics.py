@@ -47,7 +47,8 @@ from pydantic import Field, model_validator
 from agentverify.seed import Section
 
 __all__ = ["CacheMetric", "CostMetric", "ErrorsMetric", "LatencyMetric", "MetricsMapping",
-           "RequestsMetric", "TokensMetric", "exported_names", "not_exported", "selector"]
+           "RequestsMetric", "TokensMetric", "exported_names", "not_exported", "replica_exports",
+           "selector"]
 
 _METRIC = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 _LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
@@ -236,3 +237,28 @@ def not_exported(mapping: MetricsMapping, key: str, exported: set[str] | None,
         return (f"{where} has no {name} (monitoring.metrics.{key}.name); map it to the "
                 f"agent's series or set monitoring.metrics.{key}: null")
     return None
+
+
+def replica_exports(stack: Any, metrics_path: str | None) -> tuple[set[str] | None, str]:
+    """The sample names the first replica exports at ``metrics_path``, and where that is
+    (for messages); ``(None, reason)`` when there is nothing to read.
+
+    Every replica runs the same code, so one replica's exposition says what the agent
+    exports (a replica that cannot be read leaves the judgement to Prometheus).
+    """
+    import httpx
+
+    from agentverify import _http
+
+    replicas = stack.replicas
+    if metrics_path is None or not replicas:
+        return None, "stack.agent.contract.metrics_path is null"
+    replica = replicas[0]
+    where = f"{replica.instance}'s {metrics_path}"
+    try:
+        resp = _http.client().get(replica.url + metrics_path, timeout=5.0)
+    except httpx.HTTPError:
+        return None, where
+    if resp.status_code != 200:
+        return None, where
+    return exported_names(resp.text), where

@@ -18,6 +18,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .pass{color:#137333;font-weight:600} .fail{color:#c5221f;font-weight:600}
+.inconclusive{color:#b06000;font-weight:600}
 .err{background:#fce8e6;padding:.5em;white-space:pre-wrap;font-family:monospace}
 svg{background:#fafafa;border:1px solid #ddd;margin:.3em 1em .3em 0}
 """
@@ -76,10 +77,12 @@ def render_html(data: dict[str, Any], series: dict[str, dict[str, list[list[floa
             out.append("<table><tr><th>gate</th><th>measured</th><th>threshold</th>"
                        "<th>verdict</th></tr>")
             for g in s["gates"]:
-                gc = "pass" if g["passed"] else "fail"
+                # an inconclusive gate is never shown as passed, even when allowed
+                word = g.get("verdict") or ("pass" if g["passed"] else "fail")
+                gc = {"pass": "pass", "fail": "fail"}.get(word, "inconclusive")
                 out.append(f"<tr><td>{e(g['name'])}</td><td>{e(format_value(g['measured']))}"
                            f"</td><td>{e(g['threshold'])}</td><td class={gc}>"
-                           f"{'pass' if g['passed'] else 'FAIL'}</td></tr>")
+                           f"{'pass' if word == 'pass' else word.upper()}</td></tr>")
             out.append("</table>")
         for name, points in series.get(s["name"], {}).items():
             out.append(svg_plot(points, title=name))

@@ -261,6 +261,8 @@ class DockerState(InstanceState):
     image_id: str = ""
     container_id: str = ""
     host_ports: dict[str, int] = field(default_factory=dict)
+    #: the exit status, kept when the container is removed
+    exit_code: int | None = None
 
 
 def _state(handle: Handle) -> DockerState:
@@ -607,6 +609,8 @@ class DockerBackend:
                 if container.status == "running":
                     container.stop(timeout=int(math.ceil(grace)))
                 self._save_log(handle, container)
+                container.reload()
+                _state(handle).exit_code = container.attrs.get("State", {}).get("ExitCode")
                 container.remove(force=True)
             except docker.errors.NotFound:
                 return
@@ -646,7 +650,7 @@ class DockerBackend:
     def status(self, handle: Handle) -> ServiceStatus:
         container = self._container(handle)
         if container is None:
-            return ServiceStatus(False, None, "container removed")
+            return ServiceStatus(False, _state(handle).exit_code, "container removed")
         state = container.attrs.get("State", {})
         if state.get("Running"):
             return ServiceStatus(True)

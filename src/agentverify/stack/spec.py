@@ -286,7 +286,9 @@ def agent_environment(config: Config, *, version: str,
 
 def agent_keys(config: Config, api_keys: Mapping[str, str]) -> dict[str, str]:
     """The API-key variables the agent gets: each key under its own name
-    (``model.api_key_env`` ...) and under the names ``stack.agent.variables`` gives."""
+    (``model.api_key_env`` ...) and under the names ``stack.agent.variables`` gives —
+    ``openai_api_key`` carries the key of the model in use, so an agent that reads one
+    fixed name follows a switch to the backup model."""
     out = dict(api_keys)
     names = config.stack.agent.variables
     for var, source in ((names.openai_api_key, config.model.api_key_env),
@@ -354,7 +356,7 @@ def ingest_spec(config: Config, *, api_keys: Mapping[str, str]) -> ServiceSpec:
     if agent.ingest is not None:
         version = config.stack.version
         env = agent_environment(config, version=version, api_keys=api_keys)
-        for key in ("host", "port"):  # a job listens on nothing
+        for key in ("host", "port", "log_file"):  # a job listens on nothing, logs no request
             env.pop(getattr(agent.variables, key) or "", None)
         knobs = config.stack.version_knobs(version)
         return ServiceSpec(

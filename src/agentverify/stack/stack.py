@@ -83,7 +83,8 @@ class Replica:
 
 @dataclass
 class StepTiming:
-    """Timing of one replica's replacement during a rollout."""
+    """Timing of one replica's replacement during a rollout, and how the old one ended
+    (``exit_code`` None: not known; see :attr:`ServiceStatus.stopped_cleanly`)."""
 
     instance: str
     from_version: str
@@ -91,6 +92,8 @@ class StepTiming:
     healthy_s: float
     switched_s: float
     stopped_s: float
+    exit_code: int | None = None
+    stopped_cleanly: bool = True
 
 
 @dataclass
@@ -106,6 +109,12 @@ class Rollout:
     @property
     def completed(self) -> bool:
         return self.failure is None
+
+    @property
+    def unclean_stops(self) -> list[StepTiming]:
+        """Replaced replicas that did not end cleanly on the stop signal (killed after
+        the grace period, or crashed); ending *by* SIGTERM is clean."""
+        return [step for step in self.steps if not step.stopped_cleanly]
 
 
 @dataclass
@@ -152,6 +161,12 @@ class Stack:
         self._is_up = False
         self._agent_specs: dict[str, ServiceSpec] = {}
         self._job_seconds: dict[str, float] = {}
+        #: ``(config, version) -> ServiceSpec``: how :meth:`reconfigure_agents` makes the
+        #: agent from a changed config (set by :meth:`from_config`)
+        self._agent_spec_for: Callable[[Any, str], ServiceSpec] | None = None
+        #: the config the agent replicas run with (differs from ``config`` after
+        #: :meth:`reconfigure_agents`)
+        self.agent_config: Any = config
 
     # ------------------------------------------------------------------ construction
 
@@ -169,9 +184,14 @@ class Stack:
         spec = build_stack_spec(config, api_keys=keys)
         be = backend if not isinstance(backend, (str, type(None))) else \
             get_backend(backend or config.stack.backend, config=config)
-        return cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
-                   config=config,
-                   agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
+
+        def spec_for(cfg: Any, version: str) -> ServiceSpec:
+            return agent_spec(cfg, version=version, api_key_env=keys)
+
+        stack = cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
+                    config=config, agent_factory=lambda v: spec_for(config, v))
+        stack._agent_spec_for = spec_for
+        return stack
 
     # ------------------------------------------------------------------ context manager
 
@@ -524,10 +544,12 @@ class Stack:
         switched = time.monotonic()
         self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
         self.backend.stop(replica.handle)
+        ended = self.backend.status(replica.handle)
         self._forget(replica.handle)
         self.progress(ProgressEvent(replica.handle.name, "stopped"))
         new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
-                                  switched - t0, time.monotonic() - t0)
+                                  switched - t0, time.monotonic() - t0,
+                                  exit_code=ended.exit_code, stopped_cleanly=ended.stopped_cleanly)
         return new
 
     def _discard_failed(self, instance: str, generation: int) -> None:
@@ -600,19 +622,21 @@ class Stack:
         return switched
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
-                       after_each: Callable[[Replica], str | None] | None = None) -> Rollout:
+                       after_each: Callable[[Replica], str | None] | None = None,
+                       force: bool = False) -> Rollout:
         """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
 
-        The one rollout loop of agentverify: rollbacks and the ``rolling_update`` step use
-        it too. After each replaced replica ``after_each(new)`` may return a reason to stop
-        (e.g. it answered errors while baking). A replica that does not become healthy
-        also stops the rollout; either way replicas already moved stay on ``version`` and
-        the caller decides to roll back.
+        The one rollout loop of agentverify: rollbacks, restarts, reconfiguration and the
+        ``rolling_update`` step use it too. After each replaced replica
+        ``after_each(new)`` may return a reason to stop (e.g. it answered errors while
+        baking). A replica that does not become healthy also stops the rollout; either
+        way replicas already moved stay on ``version`` and the caller decides to roll
+        back. ``force`` replaces replicas already on ``version`` too (a rolling restart).
         """
         rollout = Rollout(version=version, from_version=self.current_version)
         t0 = time.monotonic()
         for replica in self.replicas:
-            if replica.version == version:
+            if replica.version == version and not force:
                 continue
             try:
                 new = self.replace_replica(replica, version, health_timeout=health_timeout)
@@ -628,6 +652,39 @@ class Stack:
                 break
         rollout.seconds = time.monotonic() - t0
         return rollout
+
+    # ------------------------------------------------------------------ agent configuration
+
+    def reconfigure_agents(self, config: Any, *, version: str | None = None,
+                           health_timeout: float | None = None) -> Rollout:
+        """Restart every replica, one at a time, with the agent made from ``config`` (a
+        changed copy of the stack's config: another rate limit, the backup model ...):
+        the seed's "change config.yaml, restart the service", drained in nginx replica by
+        replica through :meth:`rolling_update`. ``version`` (default: the current one)
+        moves the replicas to another version in the same pass.
+
+        The replicas run with ``config`` from now on (:attr:`agent_config`), also when a
+        replica fails to start on it (the rollout stops there; the caller decides).
+
+        Raises:
+            StackError: this stack was not made by :meth:`from_config`.
+        """
+        spec_for = self._agent_spec_for
+        if spec_for is None:
+            raise StackError("this stack cannot change its agent's configuration (it was "
+                             "not made from a config)")
+        with self._lock:
+            self.agent_factory = lambda v: spec_for(config, v)
+            self._agent_specs.clear()
+            self.agent_config = config
+        return self.rolling_update(version or self.current_version, force=True,
+                                   health_timeout=health_timeout)
+
+    def restart_agents(self, *, health_timeout: float | None = None) -> Rollout:
+        """Restart every replica one at a time on what it runs (the seed's rolling
+        ``restart``)."""
+        return self.rolling_update(self.current_version, force=True,
+                                   health_timeout=health_timeout)
 
     def rollback(self, version: str) -> Rollout:
         """Bring every replica back to ``version``, one at a time.
