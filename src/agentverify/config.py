@@ -208,10 +208,12 @@ class AgentServiceConfig(_Section):
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> AgentServiceConfig:
-        if self.command is not None and "app" in self.model_fields_set:
+        # judged on values, not on what was set: a config is dumped and re-validated
+        # whenever overrides are applied (with_overrides)
+        if self.command is not None and self.app != REFERENCE_APP:
             raise ValueError("give app (an ASGI app served by uvicorn) or command (any "
                              "program), not both")
-        if self.command is not None and "workers" in self.model_fields_set:
+        if self.command is not None and self.workers != 1:
             raise ValueError("workers applies to app (uvicorn --workers); with command, pass "
                              "your program's own option in the argv")
         return self

@@ -287,7 +287,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def ensure_runtime(engine: Engine, base: str, python_version: str, project_dir: Path,
-                    report: ImageBuildReport, progress: Callable[[str], None], *, rebuild: bool) -> str:
+                    report: ImageBuildReport, progress: Callable[[str], None], *, rebuild: bool,
+                    prune: bool = True) -> str:
     t0 = time.monotonic()
     deps_dir, wheels, reqs, new = ensure_dep_wheels(project_dir, python_version, progress)
     report.wheels, report.new_wheels = len(wheels), new
@@ -319,7 +320,8 @@ def ensure_runtime(engine: Engine, base: str, python_version: str, project_dir: 
                                 log=lambda line: progress(f"  {line[:110]}"))
     progress(f"runtime image {tag}: built in {time.monotonic() - t1:.1f}s")
     report.built.append(tag)
-    _prune_deps_stages(engine, keep=deps_dir.name)
+    if prune:
+        _prune_deps_stages(engine, keep=deps_dir.name)
     return image_id
 
 

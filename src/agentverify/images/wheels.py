@@ -31,9 +31,9 @@ from agentverify.errors import BackendUnavailable, StackError, UsageError
 from agentverify.images.naming import short_hash
 from agentverify.images.workdirs import cache_dir, scratch_root
 
-__all__ = ["ensure_dep_wheels", "ensure_project_wheel", "file_sha256", "requirements_hash",
-           "runtime_requirements", "source_hash", "target_environment",
-           "unsatisfied_requirements"]
+__all__ = ["ensure_dep_wheels", "ensure_project_wheel", "ensure_requirement_wheels",
+           "file_sha256", "requirements_hash", "runtime_requirements", "source_hash",
+           "target_environment", "unsatisfied_requirements"]
 
 # Dev-only extras never go into the image: the containers need only the runtime deps.
 _EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
@@ -230,7 +230,18 @@ def ensure_dep_wheels(project_dir: Path, python_version: str, progress: Callable
 
     -> (wheelhouse dir, wheel name -> sha256, requirements, how many wheels are new)
     """
-    reqs = runtime_requirements(project_dir)
+    return ensure_requirement_wheels(runtime_requirements(project_dir), python_version,
+                                     progress)
+
+
+def ensure_requirement_wheels(reqs: list[str], python_version: str,
+                              progress: Callable[[str], None],
+                              ) -> tuple[Path, dict[str, str], list[str], int]:
+    """Wheels of ``reqs`` for the image's Python, cached per requirements hash (every
+    wheel house shares the cache: one already downloaded is not fetched again).
+
+    -> (wheelhouse dir, wheel name -> sha256, requirements, how many wheels are new)
+    """
     root = cache_dir() / "wheelhouse"
     target = root / requirements_hash(reqs, python_version)
     wheels = _read_manifest(target)
@@ -271,10 +282,19 @@ def ensure_dep_wheels(project_dir: Path, python_version: str, progress: Callable
     return target, wheels, reqs, len([n for n in wheels if n not in known])
 
 
-def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None]) -> tuple[Path, bool]:
-    """The project's wheel, rebuilt only when a source file changed. -> (wheel, built)."""
-    digest = source_hash(project_dir)
-    root = cache_dir() / "project"
+def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None], *,
+                         files: list[Path] | None = None, digest: str | None = None,
+                         cache: str = "project", what: str = "the agentverify wheel",
+                         ) -> tuple[Path, bool]:
+    """The project's wheel, rebuilt only when a source file changed. -> (wheel, built).
+
+    ``files`` (relative to ``project_dir``) and ``digest`` default to agentverify's own
+    (:func:`source_hash`); an agent built from ``stack.agent.source`` passes its own, and
+    a ``cache`` directory of its own.
+    """
+    files = _source_files(project_dir) if files is None else files
+    digest = source_hash(project_dir) if digest is None else digest
+    root = cache_dir() / cache
     target = root / short_hash(digest)
     found = _read_manifest(target)
     if found:
@@ -283,16 +303,16 @@ def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None]) -> 
         # Build from a copy: an in-tree build would leave build/ and egg-info in the
         # working tree other people are editing.
         copy = Path(tmp) / "src-copy"
-        for rel in _source_files(project_dir):
+        for rel in files:
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(project_dir / rel, copy / rel)
         out = Path(tmp) / "out"
         out.mkdir()
         _pip(["wheel", "--no-deps", "-w", str(out), str(copy)],
-             "building the agentverify wheel", Path(tmp) / "pip.log")
+             f"building {what}", Path(tmp) / "pip.log")
         built = sorted(out.glob("*.whl"))
         if len(built) != 1:
-            raise StackError(f"building the agentverify wheel produced {len(built)} wheels")
+            raise StackError(f"building {what} produced {len(built)} wheels")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(built[0], target / built[0].name)
         _write_manifest(target, {built[0].name: file_sha256(target / built[0].name)},

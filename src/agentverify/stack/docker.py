@@ -428,7 +428,8 @@ class DockerBackend:
             from agentverify.images import stale_source_reason
 
             # a green run on code older than the checkout would be a lie
-            stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {})
+            stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {},
+                                        self.config)
             if stale:
                 raise BackendUnavailable(f"image {image} is stale: {stale}; run "
                                          f"`agentverify images build`")
