@@ -25,23 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentverify.errors import ConfigError, StackError
+from agentverify.errors import ConfigError
 from agentverify.images.engine import Engine
 from agentverify.images.naming import HASH_LABEL, LABEL, short_hash
+from agentverify.images.stages import build_layer, link_or_copy
 from agentverify.images.wheels import (
     ensure_project_wheel,
     ensure_requirement_wheels,
     file_sha256,
+    files_hash,
+    tree_files,
 )
-from agentverify.images.workdirs import scratch_root
 
 if TYPE_CHECKING:
     from agentverify.config import Config
@@ -83,23 +83,12 @@ def agent_source_dir(config: Config) -> Path | None:
 def agent_source_files(src: Path) -> list[Path]:
     """The files of the agent's source tree, relative and sorted (caches, VCS and build
     directories left out)."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
-        for name in filenames:
-            if name.endswith((".pyc", ".pyo")) or name.startswith(".#"):
-                continue
-            out.append((Path(dirpath) / name).relative_to(src))
-    return sorted(out, key=lambda p: p.as_posix())
+    return tree_files(src, src, _SKIP_DIRS)
 
 
 def agent_source_hash(src: Path) -> str:
     """Hash of every file of the agent's source tree (paths and bytes)."""
-    h = hashlib.sha256()
-    for rel in agent_source_files(src):
-        h.update(rel.as_posix().encode() + b"\0" + (src / rel).read_bytes() + b"\0")
-    return h.hexdigest()
+    return files_hash(src, agent_source_files(src))
 
 
 def agent_requirements(src: Path) -> list[str]:
@@ -179,8 +168,6 @@ def ensure_agent_image(engine: Engine, base: str, python_version: str, config: C
                        report: ImageBuildReport, progress: Callable[[str], None], *,
                        rebuild: bool) -> str:
     """The agent's image for ``config`` (built when its content tag is missing); its id."""
-    from agentverify.images.stages import _link_or_copy
-
     src = agent_source_dir(config)
     assert src is not None
     t0 = time.monotonic()
@@ -190,7 +177,7 @@ def ensure_agent_image(engine: Engine, base: str, python_version: str, config: C
     has_wheel = (src / "pyproject.toml").is_file()
     agent_wheel: Path | None = None
     if has_wheel:
-        agent_wheel, built = ensure_project_wheel(
+        agent_wheel, _ = ensure_project_wheel(
             src, progress, files=agent_source_files(src), digest=digest,
             cache="agent-project", what=f"the agent's wheel from {src}")
     progress(f"agent wheelhouse: {len(wheels)} wheels ({new} new) for {src.name} "
@@ -203,32 +190,17 @@ def ensure_agent_image(engine: Engine, base: str, python_version: str, config: C
     content = short_hash(hashlib.sha256(payload.encode()).hexdigest())
     tag = f"{AGENT_BUILD_REPO}:{content}"
     report.agent = tag
-    existing = None if rebuild else engine.image_id(tag)
-    if existing is not None:
-        progress(f"agent image {tag}: present")
-        return existing
-    if engine.image_id(base) is None:  # never let the builder fall back to a pull
-        raise StackError(f"base image {base} vanished before the agent build; run again")
-    t1 = time.monotonic()
-    progress(f"agent image {tag}: building from {src} (docker build, network none) ...")
-    with tempfile.TemporaryDirectory(prefix="agentverify-agent-ctx-", dir=scratch_root()) as tmp:
-        ctx = Path(tmp)
-        (ctx / "wheels").mkdir()
-        for name in [*wheels, "requirements.txt"]:
-            _link_or_copy(deps_dir / name, ctx / "wheels" / name)
+
+    def fill(ctx: Path) -> None:
         if agent_wheel is not None:
             (ctx / "project").mkdir()
-            _link_or_copy(agent_wheel, ctx / "project" / agent_wheel.name)
-        else:
-            for rel in agent_source_files(src):
-                (ctx / "app" / rel).parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(src / rel, ctx / "app" / rel)
-        (ctx / "Dockerfile").write_text(
-            agent_dockerfile(base, has_wheel=has_wheel, content_hash=content,
-                             deps_hash=deps_dir.name, source=digest), encoding="utf-8")
-        image_id = engine.build(ctx, tag, nocache=rebuild,
-                                log=lambda line: progress(f"  {line[:110]}"))
-    progress(f"agent image {tag}: built in {time.monotonic() - t1:.1f}s")
-    report.built.append(tag)
-    return image_id
+            link_or_copy(agent_wheel, ctx / "project" / agent_wheel.name)
+            return
+        for rel in agent_source_files(src):
+            (ctx / "app" / rel).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(src / rel, ctx / "app" / rel)
 
+    return build_layer(engine, base, tag, f"agent image (from {src})", deps_dir, wheels,
+                       fill, agent_dockerfile(base, has_wheel=has_wheel, content_hash=content,
+                                              deps_hash=deps_dir.name, source=digest),
+                       report, progress, rebuild=rebuild)

@@ -32,8 +32,8 @@ from agentverify.images.naming import short_hash
 from agentverify.images.workdirs import cache_dir, scratch_root
 
 __all__ = ["ensure_dep_wheels", "ensure_project_wheel", "ensure_requirement_wheels",
-           "file_sha256", "requirements_hash", "runtime_requirements", "source_hash",
-           "target_environment", "unsatisfied_requirements"]
+           "file_sha256", "files_hash", "requirements_hash", "runtime_requirements",
+           "source_hash", "target_environment", "tree_files", "unsatisfied_requirements"]
 
 # Dev-only extras never go into the image: the containers need only the runtime deps.
 _EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
@@ -42,28 +42,40 @@ _SOURCE_TOP = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
-def _source_files(project_dir: Path) -> list[Path]:
-    """Files that make up the project's wheel, relative to ``project_dir``, sorted."""
-    files = [Path(n) for n in _SOURCE_TOP if (project_dir / n).is_file()]
-    src = project_dir / "src"
-    for dirpath, dirnames, filenames in os.walk(src):
+def tree_files(top: Path, base: Path, skip_dirs: set[str] = _SKIP_DIRS) -> list[Path]:
+    """Every file under ``top``, relative to ``base``, sorted (``skip_dirs``, egg-info,
+    bytecode and editor lock files left out)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames
-                             if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+                             if d not in skip_dirs and not d.endswith(".egg-info"))
         for name in filenames:
             if name.endswith((".pyc", ".pyo")) or name.startswith(".#"):
                 continue
-            files.append((Path(dirpath) / name).relative_to(project_dir))
+            files.append((Path(dirpath) / name).relative_to(base))
     return sorted(files, key=lambda p: p.as_posix())
+
+
+def _source_files(project_dir: Path) -> list[Path]:
+    """Files that make up the project's wheel, relative to ``project_dir``, sorted."""
+    files = [Path(n) for n in _SOURCE_TOP if (project_dir / n).is_file()]
+    files += tree_files(project_dir / "src", project_dir)
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def files_hash(root: Path, files: Sequence[Path]) -> str:
+    """Hash of ``files`` (relative to ``root``): their paths and bytes."""
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.as_posix().encode() + b"\0")
+        h.update((root / rel).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def source_hash(project_dir: Path) -> str:
     """Hash of every file under ``src/`` plus ``pyproject.toml`` (paths and bytes)."""
-    h = hashlib.sha256()
-    for rel in _source_files(project_dir):
-        h.update(rel.as_posix().encode() + b"\0")
-        h.update((project_dir / rel).read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
+    return files_hash(project_dir, _source_files(project_dir))
 
 
 def runtime_requirements(project_dir: Path) -> list[str]:
