@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from agentverify.errors import ContractError
 from agentverify.seed import Section
@@ -203,17 +203,20 @@ class ChatSection(Section):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _templates(self) -> ChatSection:
-        names = _template_names(self.body) | _template_names(self.headers)
-        unknown = sorted(names - set(_TEMPLATE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown placeholder {{{unknown[0]}}} in the request template; "
-                             "expected {message} or {session} (write {{ and }} for braces)")
-        if "message" not in _template_names(self.body):
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _known_templates(value)
+        if "message" not in _template_names(value):
             raise ValueError("the body template must hold the question: put \"{message}\" "
                              "in it, e.g. {question: \"{message}\"}")
-        return self
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        _known_templates(value)
+        return value
 
 
 class ReplySection(Section):
@@ -290,6 +293,13 @@ class ContractSection(Section):
 
 
 # ------------------------------------------------------------------------------ templates
+
+
+def _known_templates(value: Any) -> None:
+    unknown = sorted(_template_names(value) - set(_TEMPLATE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} in the request template; "
+                         "expected {message} or {session} (write {{ and }} for braces)")
 
 
 def _template_names(value: Any) -> set[str]:
