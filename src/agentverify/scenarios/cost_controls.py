@@ -40,11 +40,12 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 
-def _ledger_calls(ctx: ScenarioContext, since: int) -> dict[str, Any]:
+def _ledger_calls(ctx: ScenarioContext, since: int, limit: int | None = None) -> dict[str, Any]:
     """The LLM stub's call log above ``since`` (``{"calls", "last_seq", "dropped"}``)."""
     url = ctx.llm_url() + "/ledger/calls"
+    params = {"since": since} if limit is None else {"since": since, "limit": limit}
     try:
-        resp = _http.client().get(url, params={"since": since}, timeout=10.0)
+        resp = _http.client().get(url, params=params, timeout=10.0)
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         raise StackError(f"LLM call log at {url}: {exc}") from exc
@@ -76,7 +77,7 @@ def max_tokens(ctx: ScenarioContext, params: MaxTokensParams) -> dict[str, Any]:
     messages = [f"{prompts[i % len(prompts)]} (max-tokens check {tag}-{i})"
                 for i in range(params.requests)]
     before = ctx.ledger()
-    since = _ledger_calls(ctx, 0)["last_seq"]
+    since = _ledger_calls(ctx, 0, limit=1)["last_seq"]  # only the cursor
 
     def ask(message: str, client: httpx.Client) -> AgentReply:
         return ctx.contract.ask(client, message, base_url=ctx.stack.lb_url)
