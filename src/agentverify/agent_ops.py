@@ -22,6 +22,9 @@ operation         admin endpoint (reference API)   without one
                                                    variables with them; rolling restart
 ================  ===============================  ========================================
 
+:func:`reconfigure` is the seed's way itself, for any key of the agent's config.yaml (the
+seed's ``update_model``: ``reconfigure(stack, {"model.model_name": "gpt-4o"})``).
+
 Each returns an :class:`AgentOpResult`: what it did, how (``admin``, ``restart`` or
 ``redis``), how long it took, and the state before it (so a caller can put it back).
 A restart that fails on a replica is put back on the previous configuration and the
@@ -47,7 +50,7 @@ from agentverify.contract import AgentContract, quote
 from agentverify.errors import AgentOpError
 
 __all__ = ["AgentOpResult", "clear_cache", "current_llm", "current_rate_limit", "rate_limit",
-           "switch_llm"]
+           "reconfigure", "switch_llm"]
 
 #: seconds every replica gets to report an admin change (the reference caches ~1 s)
 SETTLE_TIMEOUT_S = 10.0
@@ -140,6 +143,31 @@ def _reconfigure(stack: Any, operation: str, overrides: dict[str, Any],
         raise AgentOpError(f"{operation}: {detail} failed on a rolling restart: "
                            f"{rollout.failure} (the previous configuration was {restored})")
     return len(rollout.steps), time.monotonic() - t0
+
+
+def reconfigure(stack: Any, overrides: dict[str, Any], *,
+                operation: str = "reconfigure") -> AgentOpResult:
+    """Change keys of the agent's config.yaml (dotted, as ``--set`` takes them) and
+    restart the replicas one at a time; ``previous`` holds the old values.
+
+    Raises:
+        ConfigError: a key or value is not valid config.
+        AgentOpError: a replica did not restart on it (the fleet is put back).
+    """
+    t0 = time.monotonic()
+    before = stack.agent_config.model_dump()
+    previous: dict[str, Any] = {}
+    for key in overrides:
+        node: Any = before
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        previous[key] = node
+    described = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    restarted, _ = _reconfigure(stack, operation, dict(overrides), described)
+    return AgentOpResult(operation, "restart",
+                         f"{described} in config.yaml, {restarted} replica(s) restarted one "
+                         f"at a time", time.monotonic() - t0, previous,
+                         replicas_restarted=restarted)
 
 
 # --------------------------------------------------------------------------- rate limit

@@ -142,3 +142,14 @@ def test_an_admin_endpoint_the_agent_lacks_says_how_to_declare_it(
         agent_ops.clear_cache(FakeStack(cfg))
     assert "POST /nope answered 404" in str(err.value)
     assert "null if the agent has no such endpoint" in str(err.value)
+
+
+def test_reconfigure_changes_any_key_and_remembers_the_old_value() -> None:
+    stack = FakeStack(load_config(EXAMPLE, env="dev"))
+    done = agent_ops.reconfigure(stack, {"model.model_name": "gpt-4o", "cache.ttl": 60},
+                                 operation="update_model")
+    assert (done.operation, done.method, done.replicas_restarted) == ("update_model", "restart", 2)
+    assert done.previous == {"model.model_name": "gpt-4o-mini", "cache.ttl": 3600}
+    assert stack.agent_config.model.model_name == "gpt-4o" and stack.agent_config.cache.ttl == 60
+    agent_ops.reconfigure(stack, done.previous)
+    assert stack.agent_config == stack.config
