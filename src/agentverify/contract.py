@@ -522,9 +522,11 @@ class AgentContract:
 
         def fail(key: str, problem: str) -> ContractError:
             path = self._paths.get(key)
-            return ContractError(
-                f"the agent's reply does not match stack.agent.contract.reply.{key} "
-                f"({str(path)!r}): {problem}; {request} answered {status}: {quote(text)!r}")
+            what = (f"the agent's reply does not match stack.agent.contract.reply.{key} "
+                    f"({str(path)!r}): {problem}")
+            err = ContractError(f"{what}; {request} answered {status}: {quote(text)!r}")
+            err.problem = what  # type: ignore[attr-defined]  # without the reply: groups alike
+            return err
 
         def value(key: str, *, required: bool) -> Any:
             path = self._paths.get(key)

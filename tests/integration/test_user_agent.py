@@ -186,6 +186,27 @@ def test_a_contract_that_does_not_match_the_reply_fails_with_one_clear_message(
     assert len(result.error) < 600
 
 
+def test_load_users_that_cannot_read_the_replies_fail_the_step_with_one_message(
+        example: AgentVerifySession, tmp_path: Path) -> None:
+    stack = example.stack()
+    wrong = with_overrides(example.config, {"stack.agent.contract.reply.cached": "cached"})
+    ctx = ScenarioContext(stack, wrong, env=example.env, report_dir=tmp_path, say=print)
+    spec_file = tmp_path / "short-load.yaml"
+    spec_file.write_text("name: short-load\nsteps:\n"
+                         "  - load: {users: 2, spawn_rate: 4, user_rps: 2, duration_s: 2}\n")
+    (spec,) = load_scenario_file(spec_file)
+    try:
+        result = run_scenario(spec, ctx)
+    finally:
+        ctx.close()
+    assert result.error is not None and "\n" not in result.error
+    assert result.error.startswith(
+        "step 1 (load): the agent's reply does not match stack.agent.contract.reply.cached "
+        "('cached'): no key 'cached' in the body (keys: citations, meta, text); "
+        "POST /v1/ask answered 200: '{")
+    assert result.error.endswith("load request(s) alike)")
+
+
 @pytest.mark.docker
 def test_the_example_on_docker_with_its_image_built_from_its_source(
         state_dir: Path, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from agentverify.cost import (
     format_usd,
     settled_ledger,
 )
-from agentverify.errors import ScenarioError
+from agentverify.errors import ContractError, ScenarioError
 from agentverify.gates import Inconclusive
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
@@ -207,6 +207,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         abort_on=slo_abort.check if abort_on_fail else None, poll=poll)
     result = run.result
     ctx.say(f"  {result.summary()}")
+    _raise_contract_errors(result.errors)
 
     delta = LedgerDelta.between(ledger_before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta)
@@ -278,6 +279,19 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
     ctx.series["rps" + suffix] = run.series("interval_rps")
     ctx.series["users" + suffix] = run.series("users")
     return facts
+
+
+def _raise_contract_errors(errors: dict[str, int]) -> None:
+    """Answers the users could not read through the contract end the step, with the one
+    that quotes the reply."""
+    marker = "the agent's reply does not match stack.agent.contract"
+    mismatched = {k: n for k, n in errors.items() if marker in k}
+    if mismatched:
+        # Locust's key is "POST /path: <message>"; with workers the message arrives as
+        # the repr of its CatchResponseError
+        first = max(mismatched, key=len)
+        first = first[first.index(marker):].removesuffix("')").removesuffix('")')
+        raise ContractError(f"{first} ({sum(mismatched.values())} load request(s) alike)")
 
 
 def _unreadable_reply_facts(ctx: ScenarioContext) -> dict[str, Any]:
@@ -358,6 +372,7 @@ def _measure(ctx: ScenarioContext, prices: PriceTable, plan: LoadPlan, name: str
     before = ctx.ledger()
     run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
     result = run.result
+    _raise_contract_errors(result.errors)
     delta = LedgerDelta.between(before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta).total_usd
     ok = result.cache_hits + result.cache_misses

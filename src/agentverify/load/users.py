@@ -28,6 +28,8 @@ __all__ = ["COUNTERS", "AgentChatUser", "count_statuses", "make_agent_user"]
 COUNTERS = ClientCounters()
 
 _numbers = itertools.count(1)
+#: whether this process already reported a reply that does not match the contract in full
+_quoted = False
 
 
 class AgentChatUser(FastHttpUser):
@@ -61,7 +63,11 @@ class AgentChatUser(FastHttpUser):
                 reply = self.contract.parse(resp.status_code, resp.headers, resp.text or "",
                                             request=req.describe())
             except ContractError as exc:
-                resp.failure(str(exc))
+                # Locust groups failures by message: the first one quotes the reply, the
+                # rest share one line (a reply quoted each time would be a group each)
+                global _quoted
+                resp.failure(getattr(exc, "problem", str(exc)) if _quoted else str(exc))
+                _quoted = True
                 return
             COUNTERS.answer(reply.cached, reply.completion_tokens)
 
