@@ -139,7 +139,8 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     if not stack.is_up:
         return
     want_version = config.stack.version
-    if getattr(stack, "agent_config", config) != config:
+    agent_config = getattr(stack, "agent_config", None)  # None: not made from a config
+    if agent_config is not None and agent_config != config:
         say(f"restoring baseline: replicas back on the configured agent config at {want_version}")
         rollout = stack.reconfigure_agents(config, version=want_version)
         if rollout.failure:
