@@ -26,13 +26,15 @@ from typing import Any
 # reference agent, the LLM stub, the load child) import their own subpackage without
 # paying for the whole tool (pydantic models, httpx, the stack) at every start.
 _EXPORTS = {
+    "agentverify.agent_ops": ("AgentOpResult",),
     "agentverify.config": ("Config", "load_config"),
+    "agentverify.contract": ("AgentContract", "AgentReply"),
     "agentverify.errors": (
-        "AgentVerifyError", "BackendUnavailable", "BackupRestoreError", "ConfigError",
-        "DeployError", "FaultInjectionError", "LoadTestError", "RollbackError",
-        "ScenarioError", "ScenarioSchemaError", "ServiceNotReady", "ServiceStartError",
-        "StackError", "UsageError"),
-    "agentverify.gates": ("Gate", "GateResult"),
+        "AgentOpError", "AgentVerifyError", "BackendUnavailable", "BackupRestoreError",
+        "ConfigError", "ContractError", "DeployError", "FaultInjectionError", "LoadTestError",
+        "RollbackError", "ScenarioError", "ScenarioSchemaError", "ServiceNotReady",
+        "ServiceStartError", "StackError", "UsageError"),
+    "agentverify.gates": ("Gate", "GateResult", "Inconclusive"),
     "agentverify.report.journal": ("RunJournal", "ScenarioResult", "StepResult", "TimelineEvent",
                                    "TimeSeries"),
     "agentverify.scenarios.registry": ("StepParams", "step"),
@@ -63,6 +65,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentContract",
+    "AgentOpError",
+    "AgentOpResult",
+    "AgentReply",
     "AgentVerifyError",
     "AgentVerifySession",
     "Backend",
@@ -72,12 +78,14 @@ __all__ = [
     "CompositeWaitStrategy",
     "Config",
     "ConfigError",
+    "ContractError",
     "DeployError",
     "FaultInjectionError",
     "Gate",
     "GateResult",
     "Handle",
     "HttpWaitStrategy",
+    "Inconclusive",
     "LoadTestError",
     "LogWaitStrategy",
     "Port",

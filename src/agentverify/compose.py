@@ -260,9 +260,10 @@ def _prometheus_yml(spec: StackSpec, config: Config) -> str:
             + yaml.safe_dump(data, sort_keys=False))
 
 
-def _grafana_files() -> dict[str, str]:
-    """Grafana's provisioning, and the dashboard: the package's copy is the one source."""
-    from agentverify.monitoring.dashboard import dashboard_path
+def _grafana_files(config: Config) -> dict[str, str]:
+    """Grafana's provisioning, and the dashboard: the package's copy is the one source,
+    its queries drawn from the agent's metric names (``monitoring.metrics``)."""
+    from agentverify.monitoring.dashboard import render_dashboard_json
 
     datasource = {"apiVersion": 1, "datasources": [
         {"name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
@@ -276,7 +277,7 @@ def _grafana_files() -> dict[str, str]:
             head + yaml.safe_dump(datasource, sort_keys=False),
         "grafana/provisioning/dashboards/agentverify.yml":
             head + yaml.safe_dump(dashboards, sort_keys=False),
-        "grafana/agent.json": dashboard_path().read_text(encoding="utf-8"),
+        "grafana/agent.json": render_dashboard_json(config.monitoring.metrics),
     }
 
 
@@ -299,7 +300,7 @@ def render_compose_files(spec: StackSpec, config: Config, *,
             agent = next(a for a in spec.services if a.role == ROLE_AGENT)
             files["upstream.conf"] = upstream_conf([(agent.name, agent.port().port)], 1)
     files["prometheus.yml"] = _prometheus_yml(spec, config)
-    files.update(_grafana_files())
+    files.update(_grafana_files(config))
     return dict(sorted(files.items()))
 
 

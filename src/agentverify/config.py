@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from agentverify.contract import ContractSection
 from agentverify.errors import ConfigError
-from agentverify.seed import Objectives, Section, SeedConfig
+from agentverify.monitoring.metrics import MetricsMapping
+from agentverify.seed import MonitoringSection, Objectives, Section, SeedConfig
+from agentverify.stack.placeholders import USER_PLACEHOLDERS, expand_user_template
 
 __all__ = [
     "Config",
@@ -41,6 +44,8 @@ __all__ = [
     "with_overrides",
     "DEFAULT_ENVIRONMENTS",
     "ENV_PREFIX",
+    "REFERENCE_APP",
+    "deep_merge",
     "load_config",
     "parse_override",
 ]
@@ -79,8 +84,9 @@ class ResourcesConfig(_Section):
 
 
 class VersionConfig(_Section):
-    """Knobs of one agent version. The reference agent honours them, so a rehearsal can
-    roll out a version that is broken on purpose."""
+    """Knobs of one agent version. The reference agent honours ``fail_health``,
+    ``error_rate`` and ``latency_ms``, so a rehearsal can roll out a version that is broken
+    on purpose; any agent gets ``env`` (e.g. its own fault flag)."""
 
     fail_health: bool = Field(False, description="GET /health answers 503")
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of /chat answered 500")
@@ -90,19 +96,136 @@ class VersionConfig(_Section):
     cache_required: bool = Field(
         False, description="/chat fails when Redis fails (a defect: the cache is an optimisation)")
     image: str | None = Field(None, description="docker backend: the agent image of this version")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="variables this version gets over stack.agent.env")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env(v)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        try:
+            expand_user_template(str(value), {"version": ""})
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return {k: str(v) for k, v in env.items()}
+
+
+def _check_argv(argv: list[str] | None,
+                allowed: dict[str, str] = USER_PLACEHOLDERS) -> list[str] | None:
+    if argv is None:
+        return None
+    for i, item in enumerate(argv):
+        try:
+            expand_user_template(str(item), {"version": ""}, allowed=allowed)
+        except ValueError as exc:
+            raise ValueError(f"item {i} ({item!r}): {exc}") from None
+    return [str(a) for a in argv]
+
+
+def _var(default: str | None) -> Any:
+    return Field(default, pattern=_ENV_NAME.pattern)
+
+
+class AgentVariables(_Section):
+    """``stack.agent.variables``: the names of the variables the agent is given (null:
+    not given). The values are the live stack's, as the agent reaches it."""
+
+    environment: str | None = _var("ENVIRONMENT")
+    config: str | None = _var("AGENT_CONFIG")
+    version: str | None = _var("AGENT_VERSION")
+    replica: str | None = _var("AGENT_REPLICA")
+    host: str | None = _var("HOST")
+    port: str | None = _var("PORT")
+    openai_base_url: str | None = _var("OPENAI_BASE_URL")
+    #: the key of the model in use; it is also given under model.api_key_env's name
+    openai_api_key: str | None = _var("OPENAI_API_KEY")
+    openai_backup_base_url: str | None = _var(None)
+    #: the backup's key; also given under model.backup.api_key_env's name
+    openai_backup_api_key: str | None = _var("OPENAI_BACKUP_API_KEY")
+    model: str | None = _var(None)
+    redis_url: str | None = _var("REDIS_URL")
+    milvus_uri: str | None = _var("MILVUS_URI")
+    milvus_host: str | None = _var("MILVUS_HOST")
+    milvus_port: str | None = _var("MILVUS_PORT")
+    log_file: str | None = _var(None)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AgentVariables:
+        seen: dict[str, str] = {}
+        for key in AgentVariables.model_fields:
+            name = getattr(self, key)
+            if name is None:
+                continue
+            if name in seen:
+                raise ValueError(f"{seen[name]} and {key} are both {name!r}: one variable "
+                                 "cannot carry two values")
+            seen[name] = key
+        return self
+
+
+REFERENCE_APP = "agentverify.reference_agent.main:app"
+_NO_PORT = {k: v for k, v in USER_PLACEHOLDERS.items() if k not in ("port", "host", "bind")}
 
 
 class AgentServiceConfig(_Section):
-    """How to run the agent under test."""
+    """How to run the agent under test, how to talk to it and what it is given."""
 
-    app: str = Field(
-        "agentverify.reference_agent.main:app",
-        description="ASGI app (module:attr) served by uvicorn on the local backend",
-    )
+    app: str = Field(REFERENCE_APP, description="ASGI app (module:attr) served by uvicorn")
+    command: list[str] | None = Field(
+        None, min_length=1, description="argv of the agent (any language), instead of app")
+    source: str | None = Field(
+        None, description="docker: directory with a pyproject.toml or requirements.txt; "
+                          "`agentverify images build` layers it on the base image")
+    ingest: list[str] | None = Field(
+        None, min_length=1, description="argv of the agent's own ingest job (replaces ours)")
     port: int = Field(8000, ge=1, le=65535)
-    health_path: str = "/health"
     workers: int = Field(1, ge=1, le=16)
     env: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="merged into the config.yaml written for the agent")
+    variables: AgentVariables = Field(default_factory=AgentVariables)
+    contract: ContractSection = Field(default_factory=ContractSection)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env(v)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        return _check_argv(v)
+
+    @field_validator("ingest")
+    @classmethod
+    def _ingest(cls, v: list[str] | None) -> list[str] | None:
+        return _check_argv(v, _NO_PORT)
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> AgentServiceConfig:
+        # judged on values, not on what was set: a config is dumped and re-validated
+        # whenever overrides are applied (with_overrides)
+        if self.command is not None and self.app != REFERENCE_APP:
+            raise ValueError("give app (an ASGI app served by uvicorn) or command (any "
+                             "program), not both")
+        if self.command is not None and self.workers != 1:
+            raise ValueError("workers applies to app (uvicorn --workers); with command, pass "
+                             "your program's own option in the argv")
+        return self
+
+    @property
+    def runs_app(self) -> bool:
+        """True when the agent is an ASGI app agentverify serves with uvicorn."""
+        return self.command is None
 
 
 class FaultsConfig(_Section):
@@ -142,6 +265,8 @@ class StackConfig(_Section):
     agent: AgentServiceConfig = Field(default_factory=AgentServiceConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     images: dict[str, str] = Field(default_factory=dict)
+    image_tag: str = Field("local", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                           description="tag of the agentverify/* image names")
     pull: bool = False
     start_timeout: float = Field(60.0, gt=0)
     knowledge_dir: str = "fixtures/knowledge"
@@ -207,10 +332,18 @@ class LoadConfig(_Section):
     shape: Literal["constant", "ramp", "step"] = "constant"
 
 
+class MonitoringConfig(MonitoringSection):
+    """The seed's ``monitoring`` section plus the agent's metric names (only agentverify
+    reads ``metrics``: it is not written into the agent's config.yaml)."""
+
+    metrics: MetricsMapping = Field(default_factory=MetricsMapping)
+
+
 class Config(SeedConfig):
     """The resolved configuration of one environment: the seed's file plus the sections
     only agentverify reads."""
 
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
@@ -221,6 +354,11 @@ class Config(SeedConfig):
     # Not part of the file: where it came from, for messages and relative paths.
     source: str = Field("<defaults>", exclude=True)
     root: str = Field(".", exclude=True)
+
+    def seed_dict(self) -> dict[str, Any]:
+        data = super().seed_dict()
+        data["monitoring"].pop("metrics", None)
+        return data
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the config (e.g. ``stack.knowledge_dir``) against its file."""
@@ -244,11 +382,12 @@ _TOP_KEYS = set(Config.model_fields) - {"source", "root"}
 # --------------------------------------------------------------------------- loading
 
 
-def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``overlay`` merged in (mappings key by key, the rest replaced)."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -450,7 +589,7 @@ def load_config(
 
     def validate(name: str, *, with_overrides: bool) -> Config:
         overlay = environments.get(name, {})
-        data = _deep_merge(raw, overlay)
+        data = deep_merge(raw, overlay)
         data["environment"] = name
         return _apply(data, layers if with_overrides else [], source=source,
                       overlay=(name, overlay))

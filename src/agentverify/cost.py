@@ -232,7 +232,7 @@ def _ratio(metric: float, ledger: float) -> float:
 
 
 def check_tokens(ledger: Mapping[str, int], metric: Mapping[str, float],
-                 tolerance: float = 0.01) -> TokenCheck:
+                 tolerance: float = 0.01, *, name: str = "token_usage_total") -> TokenCheck:
     """Compare tokens per kind; name the kinds that disagree.
 
     Example:
@@ -258,7 +258,7 @@ def check_tokens(ledger: Mapping[str, int], metric: Mapping[str, float],
                 off.append(f"{k} metric {met[k]:,} vs ledger {led[k]:,} ({pct:+.1f}%)")
         if not off:
             off.append(f"total metric {sum(met.values()):,} vs ledger {sum(led.values()):,}")
-        message = "token_usage_total is off: " + "; ".join(off)
+        message = f"{name} is off: " + "; ".join(off)
     return TokenCheck(led, met, round(worst, 6), agree, message)
 
 

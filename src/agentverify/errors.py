@@ -17,7 +17,9 @@ red gate or a failed test with the observed state.
     ├── ScenarioError               a rehearsal could not be carried out
     │   ├── DeployError
     │   ├── RollbackError
-    │   └── BackupRestoreError
+    │   ├── BackupRestoreError
+    │   ├── ContractError           the agent's reply does not match stack.agent.contract
+    │   └── AgentOpError            rate limit / cache clear / LLM switch not carried out
     ├── LoadTestError
     └── FaultInjectionError
 
@@ -40,6 +42,8 @@ __all__ = [
     "DeployError",
     "RollbackError",
     "BackupRestoreError",
+    "ContractError",
+    "AgentOpError",
     "LoadTestError",
     "FaultInjectionError",
 ]
@@ -101,6 +105,17 @@ class RollbackError(ScenarioError):
 
 class BackupRestoreError(ScenarioError):
     """A backup could not be written, or an archive could not be verified or restored."""
+
+
+class ContractError(ScenarioError):
+    """The agent answered, but not as ``stack.agent.contract`` says it does: one line
+    naming the contract key, what was wrong, the request and the reply (truncated)."""
+
+
+class AgentOpError(ScenarioError):
+    """An operation on the agent fleet (rate limit, cache clear, LLM switch) could not be
+    carried out: the admin endpoint failed, a replica did not follow, or a rolling
+    restart failed (the message names which)."""
 
 
 class LoadTestError(AgentVerifyError):

@@ -128,7 +128,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.section(summary_title(data))
     for line in summary_lines(data, report_dir=av.report_dir):
         tr.write_line(line.text, green=line.status == "pass", red=line.status == "fail",
-                      bold=line.bold)
+                      yellow=line.status == "inconclusive", bold=line.bold)
 
 
 # ---------------------------------------------------------------------------- fixtures

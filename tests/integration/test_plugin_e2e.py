@@ -65,7 +65,7 @@ def test_user_project_runs_fixtures_and_scenarios_on_one_stack(
     assert scenario["name"] == "user-smoke" and scenario["passed"] is False
     gates = {g["name"]: g for g in scenario["gates"]}
     assert gates["chat_status"] == {"name": "chat_status", "threshold": "== 500",
-                                    "measured": 200, "passed": False}
+                                    "measured": 200, "passed": False, "verdict": "fail"}
     assert gates["unhealthy_replicas"]["passed"] is True
     stack = json.loads((pytester.path / "reports" / "stack.json").read_text())
     assert leftovers(stack["run_id"], stack["run_dir"]) == []

@@ -63,9 +63,9 @@ def test_choices_are_repeatable_per_seed_and_differ_per_user() -> None:
 
 def test_counters_tally_answers_and_merge_across_workers() -> None:
     worker = ClientCounters()
-    worker.answer({"answer": "x", "cached": False, "usage": {"completion_tokens": 40}})
-    worker.answer({"answer": "x", "cached": True, "usage": {"completion_tokens": 90}})
-    worker.answer("not a dict")
+    worker.answer(False, 40)
+    worker.answer(True, 90)
+    worker.answer(None, None)  # an agent whose reply says neither: nothing counted
     worker.status(200)
     worker.status(200)
     worker.status(429)

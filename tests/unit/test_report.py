@@ -105,7 +105,7 @@ def test_journal_json_keeps_the_old_keys_and_adds_the_new_ones() -> None:
     s = data["scenarios"][1]
     assert {"name", "file", "passed", "seconds", "error", "facts", "gates", "steps"} <= set(s)
     assert s["gates"][1] == {"name": "failed_requests", "threshold": "== 0", "measured": 2,
-                             "passed": False}
+                             "passed": False, "verdict": "fail"}
     assert (s["started"], s["ended"]) == (T0 + 21, T0 + 51)
     assert s["steps"][1]["started"] == T0 + 22
     series = s["series"]["probe latency ms"]

@@ -145,3 +145,63 @@ def test_restart_keeps_the_service_serving(tmp_path: Path) -> None:
         assert after is not before and stack.service("redis") is after
         assert after.state.ports == before.state.ports
         assert after in stack.instances() and before not in stack.instances()
+
+
+def test_a_rolling_restart_replaces_every_replica_on_its_version(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        rollout = stack.restart_agents()
+        assert rollout.completed and len(rollout.steps) == 3
+        assert stack.versions == ["v1"] * 3
+        assert [r.handle.generation for r in stack.replicas] == [2, 2, 2]
+
+
+def test_reconfigure_restarts_every_replica_on_the_new_config(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        stack._agent_spec_for = lambda cfg, v: replace(AGENT, version=v,
+                                                       files={"config.yaml": str(cfg)})
+        rollout = stack.reconfigure_agents("rate limit 5/s")
+        assert rollout.completed and len(rollout.steps) == 3
+        assert stack.agent_config == "rate limit 5/s"
+        assert [r.handle.spec.files["config.yaml"] for r in stack.replicas] == \
+            ["rate limit 5/s"] * 3
+        # a later version change keeps the new configuration
+        stack.rolling_update("v2")
+        assert {r.handle.spec.files["config.yaml"] for r in stack.replicas} == {"rate limit 5/s"}
+        # and a replica is given its own id in the agent's replica variable
+        assert replace(AGENT, replica_env=("INSTANCE_ID",)).for_replica("agent-2").env == \
+            {"INSTANCE_ID": "agent-2"}
+
+
+def test_a_stack_not_made_from_a_config_cannot_be_reconfigured(tmp_path: Path) -> None:
+    from agentverify.errors import StackError
+
+    with _stack(tmp_path) as stack, pytest.raises(StackError, match="not made from a config"):
+        stack.reconfigure_agents(object())
+
+
+class _KilledOnStop(FakeBackend):
+    """A backend whose agent replicas had to be killed (no clean exit on SIGTERM)."""
+
+    def stop(self, handle, grace=None):  # type: ignore[no-untyped-def]
+        super().stop(handle, grace)
+        if handle.spec.role == "agent":
+            handle.state.exit_code = -9
+
+
+def test_a_replica_killed_after_its_grace_is_an_unclean_stop(tmp_path: Path) -> None:
+    with _stack(tmp_path, _KilledOnStop()) as stack:
+        rollout = stack.rolling_update("v2")
+        assert rollout.completed and len(rollout.unclean_stops) == 3
+        assert rollout.unclean_stops[0].exit_code == -9
+    with _stack(tmp_path / "clean") as stack:  # exit 0: clean
+        assert stack.rolling_update("v2").unclean_stops == []
+
+
+@pytest.mark.parametrize(("code", "clean"), [(0, True), (-15, True), (143, True), (None, True),
+                                            (-9, False), (137, False), (1, False)])
+def test_ending_by_sigterm_is_a_clean_stop(code: int | None, clean: bool) -> None:
+    from agentverify.stack.wait import ServiceStatus
+
+    assert ServiceStatus(False, code).stopped_cleanly is clean

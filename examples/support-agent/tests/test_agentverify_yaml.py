@@ -31,9 +31,15 @@ def test_contract_routes_and_variables_are_the_agents() -> None:
     assert ("GET", contract["health_path"]) in routes and ("GET", contract["metrics_path"]) in routes
     assert set(contract["chat"]["body"]) == {"question", "conversation_id"}
     assert contract["reply"]["version"] == "header:X-App-Version"
-    assert agent["variables"] == {"version": "APP_VERSION", "config": "SUPPORT_CONFIG", "milvus_uri": "MILVUS_URI"}
-    s = load_settings({"OPENAI_API_KEY": "k", "APP_VERSION": "v9", "SUPPORT_CONFIG": str(PROJECT / "config.yaml")})
-    assert s.version == "v9"
+    assert contract["reply"]["replica"] == "header:X-Served-By"
+    assert contract["client_id_header"] == "X-Customer-Id"
+    assert agent["variables"]["version"] == "APP_VERSION"
+    assert agent["variables"]["replica"] == "INSTANCE_ID"
+    assert agent["variables"]["config"] == "SUPPORT_CONFIG"
+    assert agent["variables"]["log_file"] == "SUPPORT_LOG_FILE"
+    s = load_settings({"OPENAI_API_KEY": "k", "APP_VERSION": "v9", "INSTANCE_ID": "agent-1",
+                       "SUPPORT_CONFIG": str(PROJECT / "config.yaml")})
+    assert (s.version, s.instance) == ("v9", "agent-1")
 
 
 def test_fault_versions_use_the_agents_flags() -> None:
@@ -46,9 +52,11 @@ def test_metric_names_are_the_agents() -> None:
     m.tokens("gpt-4o-mini", prompt=1, completion=1)
     m.duration.observe(0.1)
     exposed = m.render().decode()
-    wanted = DOC["monitoring"]["metrics"]
+    wanted = {k: v for k, v in DOC["monitoring"]["metrics"].items() if v is not None}
+    assert set(wanted) == {"requests", "latency", "errors", "tokens"}  # no cache / cost counter
     for entry in wanted.values():
         assert f"\n{entry['name']}" in exposed or f"\n{entry['name']}_bucket" in exposed, entry["name"]
+    assert 'route="/v1/ask"' in exposed and wanted["requests"]["selector"] == {"route": "/v1/ask"}
     assert 'reason="' in exposed and 'direction="prompt"' in exposed
     assert (wanted["errors"]["label"], wanted["tokens"]["kind_label"]) == ("reason", "direction")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agentverify.config import Config
 from agentverify.errors import BackendUnavailable, UsageError
+from agentverify.images.agent import agent_source_dir, agent_stale_reason, ensure_agent_image
 from agentverify.images.engine import Engine
 from agentverify.images.naming import BASE_REPO, OWN_PREFIX, RUNTIME_REPO, SOURCE_LABEL
 from agentverify.images.stages import ensure_base, ensure_runtime, prune_runtime
@@ -46,6 +47,8 @@ class ImageBuildReport:
     base: str | None = None
     runtime: str | None = None
     runtime_id: str | None = None
+    agent: str | None = None                                  # agent image from stack.agent.source
+    agent_id: str | None = None
     runtime_size: int | None = None
     wheels: int = 0
     new_wheels: int = 0
@@ -59,10 +62,10 @@ class ImageBuildReport:
 def configured_images(config: Config) -> dict[str, str]:
     """role -> image name the stack uses: ``stack.images`` over the defaults, plus
     ``agent@VERSION`` for versions that name their own image."""
-    from agentverify.stack.spec import DEFAULT_IMAGES
+    from agentverify.stack.spec import default_images
 
     names = {role: config.stack.images.get(role, default)
-             for role, default in DEFAULT_IMAGES.items()}
+             for role, default in default_images(config).items()}
     for role, name in config.stack.images.items():
         names.setdefault(role, name)
     for version, knobs in sorted(config.stack.versions.items()):
@@ -73,6 +76,16 @@ def configured_images(config: Config) -> dict[str, str]:
 
 def _is_ours(name: str) -> bool:
     return name.startswith(OWN_PREFIX)
+
+
+def _source_agent_roles(config: Config, names: Mapping[str, str]) -> set[str]:
+    """The roles whose image is the agent built from ``stack.agent.source``."""
+    from agentverify.stack.spec import SOURCE_AGENT_REPO
+
+    if not config.stack.agent.source:
+        return set()
+    return {role for role, name in names.items()
+            if name.rpartition(":")[0] == SOURCE_AGENT_REPO}
 
 
 def _find_project_dir(project_dir: str | os.PathLike[str] | None) -> Path:
@@ -93,12 +106,16 @@ def _find_project_dir(project_dir: str | os.PathLike[str] | None) -> Path:
                      f"pass --project-dir or set {PROJECT_ENV}")
 
 
-def stale_source_reason(labels: Mapping[str, str]) -> str | None:
+def stale_source_reason(labels: Mapping[str, str], config: Config | None = None) -> str | None:
     """Why an agentverify image does not hold this checkout's sources, or None.
 
     Only judged when agentverify runs from a source tree (an editable install) and the
-    image records the hash of the sources it was built from.
+    image records the hash of the sources it was built from; an agent image built from
+    ``stack.agent.source`` is judged against that directory (with ``config``).
     """
+    agent = agent_stale_reason(dict(labels), config)
+    if agent:
+        return agent
     built_from = labels.get(SOURCE_LABEL)
     if not built_from or built_from == "-":
         return None
@@ -133,15 +150,34 @@ def build_images(
     report = ImageBuildReport()
     names = configured_images(config)
     report.names = dict(names)
+    agent_roles = _source_agent_roles(config, names)
+    agent_source_dir(config)  # a missing or unusable source is one line, before any work
     engine = Engine.connect()
-    ours = sorted({n for n in names.values() if _is_ours(n)})
+    ours = sorted({n for role, n in names.items() if _is_ours(n) and role not in agent_roles})
+    # a private tag (stack.image_tag) is someone's own set of images: never prune theirs
+    # or anybody else's from it
+    prune = config.stack.image_tag == "local"
     with build_lock(progress):
         runtime_id: str | None = None
-        if ours:
-            src = _find_project_dir(project_dir)
+        base = python = None
+        src = _find_project_dir(project_dir) if ours else None
+        if ours or agent_roles:
             base, python = ensure_base(engine, report, progress, rebuild=rebuild)
+        if agent_roles:
+            assert base is not None and python is not None
+            report.agent_id = ensure_agent_image(engine, base, python, config, report,
+                                                 progress, rebuild=rebuild)
+            for name in sorted({names[r] for r in agent_roles}):
+                if engine.image_id(name) == report.agent_id:
+                    report.present.append(name)
+                else:
+                    engine.tag(report.agent_id, name)
+                    report.tagged.append(name)
+                    progress(f"tagged {name} (the agent, from stack.agent.source)")
+        if ours:
+            assert base is not None and python is not None and src is not None
             runtime_id = ensure_runtime(engine, base, python, src, report, progress,
-                                         rebuild=rebuild)
+                                         rebuild=rebuild, prune=prune)
             report.runtime_id = runtime_id
             info = engine.inspect(runtime_id) or {}
             report.runtime_size = info.get("Size")
@@ -155,10 +191,14 @@ def build_images(
             if report.present:
                 progress(f"{len(report.present)} role tag(s) up to date: "
                          f"{', '.join(report.present)}")
-            prune_runtime(engine, runtime_id, report, progress)
-        else:
+            if prune:
+                prune_runtime(engine, runtime_id, report, progress)
+        elif not agent_roles:
             progress("no agentverify/* image configured: nothing to build")
         for role, name in sorted(names.items()):
+            if role in agent_roles:
+                report.roles[role] = report.agent_id or ""
+                continue
             if _is_ours(name):
                 report.roles[role] = runtime_id or ""
                 continue

@@ -46,7 +46,8 @@ from agentverify.images.workdirs import cache_dir, scratch_root
 if TYPE_CHECKING:
     from agentverify.images.build import ImageBuildReport
 
-__all__ = ["BASE_PACKAGES", "base_image_tag", "ensure_base", "ensure_runtime", "prune_runtime",
+__all__ = ["BASE_PACKAGES", "base_image_tag", "build_layer", "ensure_base", "ensure_runtime",
+           "link_or_copy", "prune_runtime",
            "render_dockerfile", "rootfs_python_version", "runtime_content_hash"]
 
 #: What the containers run (same argv as the local backend). python3-venv: Debian's
@@ -279,15 +280,49 @@ def ensure_base(engine: Engine, report: ImageBuildReport, progress: Callable[[st
     return tag, python
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no copy of a 100 MB wheel), or a copy across file systems."""
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
 
 
+def build_layer(engine: Engine, base: str, tag: str, what: str, deps_dir: Path,
+                wheels: Mapping[str, str], fill: Callable[[Path], None], dockerfile: str,
+                report: ImageBuildReport, progress: Callable[[str], None], *,
+                rebuild: bool) -> str:
+    """The image ``tag`` (a venv layer on ``base``), built when missing; its id.
+
+    The build context holds ``wheels/`` (the wheel house and its requirements.txt),
+    whatever ``fill(context)`` adds, and ``dockerfile``; ``docker build`` runs with
+    network none and never pulls.
+    """
+    existing = None if rebuild else engine.image_id(tag)
+    if existing is not None:
+        progress(f"{what} {tag}: present")
+        return existing
+    if engine.image_id(base) is None:  # never let the builder fall back to a pull
+        raise StackError(f"base image {base} vanished before the {what} build; run again")
+    t1 = time.monotonic()
+    progress(f"{what} {tag}: building (docker build, network none) ...")
+    with tempfile.TemporaryDirectory(prefix="agentverify-ctx-", dir=scratch_root()) as tmp:
+        ctx = Path(tmp)
+        (ctx / "wheels").mkdir()
+        for name in [*wheels, "requirements.txt"]:
+            link_or_copy(deps_dir / name, ctx / "wheels" / name)
+        fill(ctx)
+        (ctx / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        image_id = engine.build(ctx, tag, nocache=rebuild,
+                                log=lambda line: progress(f"  {line[:110]}"))
+    progress(f"{what} {tag}: built in {time.monotonic() - t1:.1f}s")
+    report.built.append(tag)
+    return image_id
+
+
 def ensure_runtime(engine: Engine, base: str, python_version: str, project_dir: Path,
-                    report: ImageBuildReport, progress: Callable[[str], None], *, rebuild: bool) -> str:
+                    report: ImageBuildReport, progress: Callable[[str], None], *, rebuild: bool,
+                    prune: bool = True) -> str:
     t0 = time.monotonic()
     deps_dir, wheels, reqs, new = ensure_dep_wheels(project_dir, python_version, progress)
     report.wheels, report.new_wheels = len(wheels), new
@@ -297,29 +332,16 @@ def ensure_runtime(engine: Engine, base: str, python_version: str, project_dir: 
     content = runtime_content_hash(base, wheels, file_sha256(project_wheel), reqs)
     tag = f"{RUNTIME_REPO}:{content}"
     report.runtime = tag
-    existing = None if rebuild else engine.image_id(tag)
-    if existing is not None:
-        progress(f"runtime image {tag}: present")
-        return existing
-    if engine.image_id(base) is None:  # never let the builder fall back to a pull
-        raise StackError(f"base image {base} vanished before the runtime build; run again")
-    t1 = time.monotonic()
-    progress(f"runtime image {tag}: building (docker build, network none) ...")
-    with tempfile.TemporaryDirectory(prefix="agentverify-ctx-", dir=scratch_root()) as tmp:
-        ctx = Path(tmp)
-        (ctx / "wheels").mkdir()
+    def fill(ctx: Path) -> None:
         (ctx / "project").mkdir()
-        for name in [*wheels, "requirements.txt"]:
-            _link_or_copy(deps_dir / name, ctx / "wheels" / name)
-        _link_or_copy(project_wheel, ctx / "project" / project_wheel.name)
-        (ctx / "Dockerfile").write_text(
-            render_dockerfile(base, content, deps_dir.name, source_hash(project_dir)),
-            encoding="utf-8")
-        image_id = engine.build(ctx, tag, nocache=rebuild,
-                                log=lambda line: progress(f"  {line[:110]}"))
-    progress(f"runtime image {tag}: built in {time.monotonic() - t1:.1f}s")
-    report.built.append(tag)
-    _prune_deps_stages(engine, keep=deps_dir.name)
+        link_or_copy(project_wheel, ctx / "project" / project_wheel.name)
+
+    image_id = build_layer(
+        engine, base, tag, "runtime image", deps_dir, wheels, fill,
+        render_dockerfile(base, content, deps_dir.name, source_hash(project_dir)),
+        report, progress, rebuild=rebuild)
+    if prune:
+        _prune_deps_stages(engine, keep=deps_dir.name)
     return image_id
 
 

@@ -31,9 +31,9 @@ from agentverify.errors import BackendUnavailable, StackError, UsageError
 from agentverify.images.naming import short_hash
 from agentverify.images.workdirs import cache_dir, scratch_root
 
-__all__ = ["ensure_dep_wheels", "ensure_project_wheel", "file_sha256", "requirements_hash",
-           "runtime_requirements", "source_hash", "target_environment",
-           "unsatisfied_requirements"]
+__all__ = ["ensure_dep_wheels", "ensure_project_wheel", "ensure_requirement_wheels",
+           "file_sha256", "files_hash", "requirements_hash", "runtime_requirements",
+           "source_hash", "target_environment", "tree_files", "unsatisfied_requirements"]
 
 # Dev-only extras never go into the image: the containers need only the runtime deps.
 _EXCLUDED_REQS = {"locust", "testcontainers", "docker", "pytest-timeout"}
@@ -42,28 +42,40 @@ _SOURCE_TOP = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
-def _source_files(project_dir: Path) -> list[Path]:
-    """Files that make up the project's wheel, relative to ``project_dir``, sorted."""
-    files = [Path(n) for n in _SOURCE_TOP if (project_dir / n).is_file()]
-    src = project_dir / "src"
-    for dirpath, dirnames, filenames in os.walk(src):
+def tree_files(top: Path, base: Path, skip_dirs: set[str] = _SKIP_DIRS) -> list[Path]:
+    """Every file under ``top``, relative to ``base``, sorted (``skip_dirs``, egg-info,
+    bytecode and editor lock files left out)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames
-                             if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+                             if d not in skip_dirs and not d.endswith(".egg-info"))
         for name in filenames:
             if name.endswith((".pyc", ".pyo")) or name.startswith(".#"):
                 continue
-            files.append((Path(dirpath) / name).relative_to(project_dir))
+            files.append((Path(dirpath) / name).relative_to(base))
     return sorted(files, key=lambda p: p.as_posix())
+
+
+def _source_files(project_dir: Path) -> list[Path]:
+    """Files that make up the project's wheel, relative to ``project_dir``, sorted."""
+    files = [Path(n) for n in _SOURCE_TOP if (project_dir / n).is_file()]
+    files += tree_files(project_dir / "src", project_dir)
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def files_hash(root: Path, files: Sequence[Path]) -> str:
+    """Hash of ``files`` (relative to ``root``): their paths and bytes."""
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.as_posix().encode() + b"\0")
+        h.update((root / rel).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def source_hash(project_dir: Path) -> str:
     """Hash of every file under ``src/`` plus ``pyproject.toml`` (paths and bytes)."""
-    h = hashlib.sha256()
-    for rel in _source_files(project_dir):
-        h.update(rel.as_posix().encode() + b"\0")
-        h.update((project_dir / rel).read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
+    return files_hash(project_dir, _source_files(project_dir))
 
 
 def runtime_requirements(project_dir: Path) -> list[str]:
@@ -230,7 +242,18 @@ def ensure_dep_wheels(project_dir: Path, python_version: str, progress: Callable
 
     -> (wheelhouse dir, wheel name -> sha256, requirements, how many wheels are new)
     """
-    reqs = runtime_requirements(project_dir)
+    return ensure_requirement_wheels(runtime_requirements(project_dir), python_version,
+                                     progress)
+
+
+def ensure_requirement_wheels(reqs: list[str], python_version: str,
+                              progress: Callable[[str], None],
+                              ) -> tuple[Path, dict[str, str], list[str], int]:
+    """Wheels of ``reqs`` for the image's Python, cached per requirements hash (every
+    wheel house shares the cache: one already downloaded is not fetched again).
+
+    -> (wheelhouse dir, wheel name -> sha256, requirements, how many wheels are new)
+    """
     root = cache_dir() / "wheelhouse"
     target = root / requirements_hash(reqs, python_version)
     wheels = _read_manifest(target)
@@ -271,10 +294,19 @@ def ensure_dep_wheels(project_dir: Path, python_version: str, progress: Callable
     return target, wheels, reqs, len([n for n in wheels if n not in known])
 
 
-def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None]) -> tuple[Path, bool]:
-    """The project's wheel, rebuilt only when a source file changed. -> (wheel, built)."""
-    digest = source_hash(project_dir)
-    root = cache_dir() / "project"
+def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None], *,
+                         files: list[Path] | None = None, digest: str | None = None,
+                         cache: str = "project", what: str = "the agentverify wheel",
+                         ) -> tuple[Path, bool]:
+    """The project's wheel, rebuilt only when a source file changed. -> (wheel, built).
+
+    ``files`` (relative to ``project_dir``) and ``digest`` default to agentverify's own
+    (:func:`source_hash`); an agent built from ``stack.agent.source`` passes its own, and
+    a ``cache`` directory of its own.
+    """
+    files = _source_files(project_dir) if files is None else files
+    digest = source_hash(project_dir) if digest is None else digest
+    root = cache_dir() / cache
     target = root / short_hash(digest)
     found = _read_manifest(target)
     if found:
@@ -283,16 +315,16 @@ def ensure_project_wheel(project_dir: Path, progress: Callable[[str], None]) -> 
         # Build from a copy: an in-tree build would leave build/ and egg-info in the
         # working tree other people are editing.
         copy = Path(tmp) / "src-copy"
-        for rel in _source_files(project_dir):
+        for rel in files:
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(project_dir / rel, copy / rel)
         out = Path(tmp) / "out"
         out.mkdir()
         _pip(["wheel", "--no-deps", "-w", str(out), str(copy)],
-             "building the agentverify wheel", Path(tmp) / "pip.log")
+             f"building {what}", Path(tmp) / "pip.log")
         built = sorted(out.glob("*.whl"))
         if len(built) != 1:
-            raise StackError(f"building the agentverify wheel produced {len(built)} wheels")
+            raise StackError(f"building {what} produced {len(built)} wheels")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(built[0], target / built[0].name)
         _write_manifest(target, {built[0].name: file_sha256(target / built[0].name)},

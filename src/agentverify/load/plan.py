@@ -54,7 +54,9 @@ class LoadPlan:
         request_timeout_s: connect and network timeout of one request.
         stop_timeout_s: seconds users get to finish their request in flight at the stop
             (so every request the agent answered is counted on both sides).
-        path: the chat route.
+        contract: the agent's contract as plain data
+            (:meth:`~agentverify.contract.AgentContract.to_json`; empty: the reference
+            agent's): how users ask and how their answers are read.
     """
 
     host: str
@@ -74,7 +76,7 @@ class LoadPlan:
     interval_s: float = 1.0
     request_timeout_s: float = 30.0
     stop_timeout_s: float = 10.0
-    path: str = "/chat"
+    contract: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         host = urlsplit(self.host).hostname or ""
@@ -142,17 +144,13 @@ class ClientCounters:
         key = str(code)
         self.status_codes[key] = self.status_codes.get(key, 0) + 1
 
-    def answer(self, body: Any) -> None:
-        """Count one 200 answer of the agent (``cached`` and ``usage``)."""
-        if not isinstance(body, dict):
-            return
-        cached = bool(body.get("cached"))
-        if cached:
+    def answer(self, cached: bool | None, tokens: int | None) -> None:
+        """Count one 200 answer of the agent: whether it was cached and the completion
+        tokens it reports (None: the agent's reply does not say)."""
+        if cached is True:
             self.cache_hits += 1
-        else:
+        elif cached is False:
             self.cache_misses += 1
-        usage = body.get("usage") or {}
-        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         if isinstance(tokens, int):
             # the sum is of fresh completions only (what the LLM billed in this run);
             # the maximum is over every answer, a cached one included

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from agentverify.contract import AgentContract
 from agentverify.cost import (
     Budget,
     LedgerDelta,
@@ -40,11 +41,13 @@ from agentverify.cost import (
     format_usd,
     settled_ledger,
 )
-from agentverify.errors import ScenarioError
+from agentverify.errors import ContractError, ScenarioError
+from agentverify.gates import Inconclusive
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import SLOAbort, slo_breaches
-from agentverify.monitoring.counters import read_metrics
+from agentverify.monitoring.counters import MetricReading, read_metrics
+from agentverify.monitoring.metrics import not_exported, replica_exports
 from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import load_prompts
@@ -115,6 +118,7 @@ def plan_from_config(ctx: ScenarioContext, params: LoadParams, **overrides: Any)
             user_rps=overrides["user_rps"] if "user_rps" in overrides else pick("user_rps"),
             client_prefix=f"av-{uuid.uuid4().hex[:8]}",
             seed=int(overrides.get("seed", 0)),
+            contract=AgentContract.from_config(ctx.config).to_json(),
         )
     except ValueError as exc:
         raise ScenarioError(f"load: {exc}") from None
@@ -179,8 +183,9 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
                      else config.slo.abort_on_fail)
     slo_abort = SLOAbort(slo, params.warmup_s, params.warmup_requests)
 
+    mapping = config.monitoring.metrics
     ledger_before = ctx.ledger()
-    metrics_before = (read_metrics(ctx.prometheus, time.time(), params.metrics_timeout_s)
+    metrics_before = (read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
                       if params.check_metrics else None)
     state = {"budget": False}
 
@@ -206,6 +211,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
     result = run.result
     ctx.waited(result.duration_s, "load")
     ctx.say(f"  {result.summary()}")
+    _raise_contract_errors(result.errors)
 
     delta = LedgerDelta.between(ledger_before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta)
@@ -245,6 +251,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         # every fresh answer is one chat completion; anything beyond is an LLM call made
         # for a request the cache should have answered (or one nobody saw answered)
         facts["cache_hit_llm_calls"] = delta.total("chat_requests") - result.cache_misses
+        facts.update(_unreadable_reply_facts(ctx))
 
     slo_reasons = slo_breaches(result, slo)
     facts["slo_violations"] = len(slo_reasons)
@@ -257,24 +264,14 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         ctx.say(f"  objective missed: {reason}")
 
     if metrics_before is not None:
-        after = read_metrics(ctx.prometheus, time.time(), params.metrics_timeout_s)
+        after = read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
         if not (after.scraped and metrics_before.scraped):
             ctx.say(f"  Prometheus did not scrape every replica within "
                     f"{params.metrics_timeout_s:g}s; comparing the latest values")
-        metric_kinds = counter_increase(metrics_before.tokens, after.tokens, by="kind")
-        check = check_tokens(delta.by_kind(), metric_kinds)
-        cache = counter_increase(metrics_before.cache, after.cache, by="result")
-        lookups = cache.get("hit", 0.0) + cache.get("miss", 0.0)
-        metric_cost = sum(counter_increase(metrics_before.cost, after.cost, by="model").values())
-        facts.update({
-            "metric_tokens": check.metric_total, "tokens_agree": check.agree,
-            "token_mismatch_ratio": check.mismatch_ratio, "token_mismatch": check.message,
-            "metric_cost_usd": round(metric_cost, 6),
-            "metric_cache_hit_ratio": (round(cache.get("hit", 0.0) / lookups, 4)
-                                       if lookups else None),
-        })
-        ctx.say(f"  tokens: ledger {check.ledger_total:,}, token_usage_total "
-                f"{check.metric_total:,} ({check.message}); cost {format_usd(cost.total_usd)}"
+        facts.update(metric_facts(ctx, delta, metrics_before, after))
+        metric = mapping.tokens.name if mapping.tokens else "no token metric"
+        ctx.say(f"  tokens: ledger {delta.tokens:,}, {metric} {facts['metric_tokens']} "
+                f"({facts['token_mismatch']}); cost {format_usd(cost.total_usd)}"
                 + (f", {format_usd(per_request * 1000)} per 1k requests"
                    if per_request is not None else ""))
 
@@ -291,6 +288,78 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
                                             gate="rps" + suffix)
     ctx.series["users" + suffix] = TimeSeries(run.series("users"), unit="users", t0=t0)
     return facts
+
+
+def _raise_contract_errors(errors: dict[str, int]) -> None:
+    """Answers the users could not read through the contract end the step, with the one
+    that quotes the reply."""
+    marker = "the agent's reply does not match stack.agent.contract"
+    mismatched = {k: n for k, n in errors.items() if marker in k}
+    if mismatched:
+        # Locust's key is "POST /path: <message>"; with workers the message arrives as
+        # the repr of its CatchResponseError
+        first = max(mismatched, key=len)
+        first = first[first.index(marker):].removesuffix("')").removesuffix('")')
+        raise ContractError(f"{first} ({sum(mismatched.values())} load request(s) alike)")
+
+
+def _unreadable_reply_facts(ctx: ScenarioContext) -> dict[str, Any]:
+    """The load facts the agent's reply cannot give, as inconclusive."""
+    out: dict[str, Any] = {}
+    if not ctx.contract.maps("cached"):
+        why = Inconclusive("stack.agent.contract.reply.cached is null: the reply does not "
+                           "say whether it came from the cache")
+        out.update(cache_hits=why, cache_misses=why, cache_hit_ratio=why,
+                   cache_hit_llm_calls=why)
+    if not ctx.contract.maps("completion_tokens"):
+        out["max_completion_tokens"] = Inconclusive(
+            "stack.agent.contract.reply.completion_tokens is null: the reply does not "
+            "report its usage")
+    return out
+
+
+def metric_facts(ctx: ScenarioContext, delta: LedgerDelta, before: MetricReading,
+                 after: MetricReading) -> dict[str, Any]:
+    """The agent's own counters against the LLM ledger: tokens (kind by kind, or in
+    total), cache hit ratio and dollars. A counter the agent does not export (null in
+    ``monitoring.metrics``, or missing from a replica's /metrics) gives inconclusive
+    facts with the reason."""
+    mapping = ctx.config.monitoring.metrics
+    exported, where = replica_exports(ctx.stack, ctx.contract.metrics_path)
+    out: dict[str, Any] = {}
+    why = not_exported(mapping, "tokens", exported, where)
+    if why or mapping.tokens is None or before.tokens is None or after.tokens is None:
+        reason = Inconclusive(why or "no token counter")
+        out.update(metric_tokens=reason, tokens_agree=reason, token_mismatch_ratio=reason,
+                   token_mismatch=reason)
+    else:
+        tokens = mapping.tokens
+        if tokens.compare == "kind" and tokens.kind_label:
+            check = check_tokens(delta.by_kind(),
+                                 counter_increase(before.tokens, after.tokens,
+                                                  by=tokens.kind_label),
+                                 name=tokens.name)
+        else:
+            metric = counter_increase(before.tokens, after.tokens, by="__none__")
+            check = check_tokens({"total": delta.tokens}, {"total": sum(metric.values())},
+                                 name=tokens.name)
+        out.update(metric_tokens=check.metric_total, tokens_agree=check.agree,
+                   token_mismatch_ratio=check.mismatch_ratio, token_mismatch=check.message)
+    why = not_exported(mapping, "cache", exported, where)
+    if why or mapping.cache is None or before.cache is None or after.cache is None:
+        out["metric_cache_hit_ratio"] = Inconclusive(why or "no cache counter")
+    else:
+        cache = counter_increase(before.cache, after.cache, by=mapping.cache.label)
+        hits, misses = cache.get(mapping.cache.hit, 0.0), cache.get(mapping.cache.miss, 0.0)
+        out["metric_cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses \
+            else None
+    why = not_exported(mapping, "cost", exported, where)
+    if why or mapping.cost is None or before.cost is None or after.cost is None:
+        out["metric_cost_usd"] = Inconclusive(why or "no cost counter")
+    else:
+        out["metric_cost_usd"] = round(sum(counter_increase(
+            before.cost, after.cost, by="__none__").values()), 6)
+    return out
 
 
 # --------------------------------------------------------------------------- cache_cost
@@ -313,6 +382,7 @@ def _measure(ctx: ScenarioContext, prices: PriceTable, plan: LoadPlan, name: str
     run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
     result = run.result
     ctx.waited(result.duration_s, "load")
+    _raise_contract_errors(result.errors)
     delta = LedgerDelta.between(before, settled_ledger(ctx.ledger))
     cost = prices.cost(delta).total_usd
     ok = result.cache_hits + result.cache_misses
@@ -347,14 +417,14 @@ def cache_cost(ctx: ScenarioContext, params: CacheCostParams) -> dict[str, Any]:
                             hot_set=params.hot_set, locustfile=None)
     # the hot set is answered once before, so a repeat is a hit from its first ask
     for prompt in low.prompts[:params.hot_set]:
-        resp = ctx.http.post("/chat", json={"message": prompt})
-        if resp.status_code != 200:
-            raise ScenarioError(f"warming the cache: /chat answered {resp.status_code}: "
-                                f"{resp.text[:200]}")
+        reply = ctx.ask(prompt)
+        if not reply.ok:
+            raise ScenarioError(f"warming the cache: the chat request answered "
+                                f"{reply.describe()}")
     a = _measure(ctx, prices, low, "cache-cost-low")
     b = _measure(ctx, prices, high, "cache-cost-high")
     ratio = b["per_request"] / a["per_request"] if a["per_request"] else None
-    return {
+    facts: dict[str, Any] = {
         "cache_cost_low_hit_ratio": round(a["hit_ratio"], 4),
         "cache_cost_high_hit_ratio": round(b["hit_ratio"], 4),
         "cache_cost_low_per_request_usd": round(a["per_request"], 8),
@@ -363,3 +433,9 @@ def cache_cost(ctx: ScenarioContext, params: CacheCostParams) -> dict[str, Any]:
         "cache_cost_hit_llm_calls": a["llm_calls_beyond_misses"] + b["llm_calls_beyond_misses"],
         "cache_cost_failures": a["failures"] + b["failures"],
     }
+    if not ctx.contract.maps("cached"):
+        # cost per request is the ledger's; hit ratios come from the replies
+        why = _unreadable_reply_facts(ctx)["cache_hits"]
+        facts.update(cache_cost_low_hit_ratio=why, cache_cost_high_hit_ratio=why,
+                     cache_cost_hit_llm_calls=why)
+    return facts

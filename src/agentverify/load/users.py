@@ -1,10 +1,13 @@
-"""The Locust user that talks to the agent: ``POST /chat`` like a support client.
+"""The Locust user that talks to the agent like a support client, through its contract.
 
 Imported only by the load child (:mod:`agentverify.load.child`): Locust gevent-patches
-whatever process imports it. Each user has its own ``X-Client-Id`` (the agent's rate
-limiter keys on it) and its own :class:`~agentverify.load.plan.PromptPicker`; every 200
-answer is tallied in :data:`COUNTERS` (``cached``, ``usage``), every response's status in
-``status_codes`` by :func:`count_statuses`.
+whatever process imports it. Each user asks the chat request of the plan's
+:class:`~agentverify.contract.AgentContract` with its own client id (in the contract's
+``client_id_header``: the agent's rate limiter keys on it) and its own
+:class:`~agentverify.load.plan.PromptPicker`; every 200 answer is read through the
+contract and tallied in :data:`COUNTERS` (cached, completion tokens), every response's
+status in ``status_codes`` by :func:`count_statuses`. A 200 that does not match the
+contract is a failure with the contract's one-line message.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from locust import FastHttpUser, constant, constant_throughput, task
 
+from agentverify.contract import AgentContract
+from agentverify.errors import ContractError
 from agentverify.load.plan import ClientCounters, LoadPlan, PromptPicker
 
 __all__ = ["COUNTERS", "AgentChatUser", "count_statuses", "make_agent_user"]
@@ -23,6 +28,8 @@ __all__ = ["COUNTERS", "AgentChatUser", "count_statuses", "make_agent_user"]
 COUNTERS = ClientCounters()
 
 _numbers = itertools.count(1)
+#: whether this process already reported a reply that does not match the contract in full
+_quoted = False
 
 
 class AgentChatUser(FastHttpUser):
@@ -33,6 +40,7 @@ class AgentChatUser(FastHttpUser):
 
     abstract = True
     plan: LoadPlan
+    contract: AgentContract
     wait_time = constant(0)
 
     def on_start(self) -> None:
@@ -40,26 +48,28 @@ class AgentChatUser(FastHttpUser):
         self.client_id = f"{plan.client_prefix}-{os.getpid()}-{next(_numbers)}"
         self.picker = PromptPicker(plan.prompts, plan.repeat_ratio, plan.hot_set,
                                    seed=plan.seed, tag=self.client_id)
-        self.headers = {"X-Client-Id": self.client_id}
 
     @task
     def chat(self) -> None:
         message, _repeated = self.picker.next()
-        with self.client.post(self.plan.path, json={"message": message},
-                              headers=self.headers, name=self.plan.path,
-                              catch_response=True) as resp:
+        req = self.contract.request(message, client_id=self.client_id)
+        name = self.contract.section.chat.path
+        with self.client.request(req.method, req.path, json=req.json, headers=req.headers,
+                                 name=name, catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
                 return
             try:
-                body = resp.json()
-            except ValueError:
-                resp.failure("the answer is not JSON")
+                reply = self.contract.parse(resp.status_code, resp.headers, resp.text or "",
+                                            request=req.describe())
+            except ContractError as exc:
+                # Locust groups failures by message: the first one quotes the reply, the
+                # rest share one line (a reply quoted each time would be a group each)
+                global _quoted
+                resp.failure(getattr(exc, "problem", str(exc)) if _quoted else str(exc))
+                _quoted = True
                 return
-            if not isinstance(body, dict) or "answer" not in body:
-                resp.failure("the answer has no 'answer'")
-                return
-            COUNTERS.answer(body)
+            COUNTERS.answer(reply.cached, reply.completion_tokens)
 
 
 def make_agent_user(plan: LoadPlan) -> type[AgentChatUser]:
@@ -68,6 +78,7 @@ def make_agent_user(plan: LoadPlan) -> type[AgentChatUser]:
     attrs: dict[str, Any] = {
         "abstract": False,
         "plan": plan,
+        "contract": AgentContract.from_json(plan.contract),
         "host": plan.host,
         "network_timeout": plan.request_timeout_s,
         "connection_timeout": plan.request_timeout_s,

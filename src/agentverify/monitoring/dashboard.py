@@ -11,6 +11,11 @@ rejects malformed files with one :class:`~agentverify.errors.ConfigError` line n
 the file and the key; :func:`check_dashboard` runs every panel query as an instant query
 against Prometheus, waiting (one shared deadline) until each returns data.
 
+The shipped dashboard draws the agent's own series: :func:`dashboard_for` builds each
+panel's query from ``monitoring.metrics`` (:data:`PANELS`), and
+:func:`render_dashboard_json` writes it for Grafana. A panel whose metric the agent does
+not export is *inconclusive* in the check (its reason shown), never passed.
+
 Example:
     >>> dash = load_dashboard()                  # the dashboard shipped with agentverify
     >>> [p.title for p in dash.panels]
@@ -26,6 +31,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -34,6 +40,7 @@ from typing import Any
 import httpx
 
 from agentverify.errors import ConfigError, StackError
+from agentverify.monitoring.metrics import MetricsMapping, not_exported
 from agentverify.monitoring.prometheus import PrometheusClient, Sample
 
 __all__ = [
@@ -42,8 +49,12 @@ __all__ = [
     "Dashboard",
     "PanelResult",
     "DashboardCheck",
+    "PANELS",
+    "dashboard_for",
     "dashboard_path",
+    "inconclusive_panels",
     "load_dashboard",
+    "render_dashboard_json",
     "substitute_variables",
     "duration_seconds",
     "check_dashboard",
@@ -115,6 +126,7 @@ class PanelResult:
         passed: True when the query returned at least one series.
         sample: The first series, ``{"labels": {...}, "value": float}``, or None.
         error: Why Prometheus rejected the query, if it did.
+        inconclusive: Why the panel could not be judged (its metric is not exported).
     """
 
     title: str
@@ -123,6 +135,7 @@ class PanelResult:
     passed: bool
     sample: dict[str, Any] | None = None
     error: str | None = None
+    inconclusive: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,8 +147,14 @@ class DashboardCheck:
 
     @property
     def passed(self) -> bool:
-        """True when every panel query returned data (and there was at least one)."""
+        """True when every panel query returned data (and there was at least one); an
+        inconclusive panel is not passed."""
         return bool(self.panels) and all(p.passed for p in self.panels)
+
+    @property
+    def inconclusive(self) -> list[PanelResult]:
+        """The panels that could not be judged, with their reasons."""
+        return [p for p in self.panels if p.inconclusive]
 
     @property
     def panels_with_data(self) -> int:
@@ -150,15 +169,17 @@ class DashboardCheck:
     @property
     def failed(self) -> list[PanelResult]:
         """The panel queries that returned nothing (or were rejected)."""
-        return [p for p in self.panels if not p.passed]
+        return [p for p in self.panels if not p.passed and not p.inconclusive]
 
     def __str__(self) -> str:
         width = max((len(p.title) for p in self.panels), default=0)
         lines = [f"dashboard {self.dashboard!r}: {self.panels_with_data}/{self.panels_total} "
                  "panel queries returned data"]
         for p in self.panels:
-            mark = "ok  " if p.passed else "FAIL"
+            mark = "ok  " if p.passed else "INCONCLUSIVE" if p.inconclusive else "FAIL"
             detail = f"  error: {p.error}" if p.error else ""
+            if p.inconclusive:
+                detail = f"  inconclusive: {p.inconclusive}"
             lines.append(f"  {mark} {p.title:<{width}}  {p.series:>3} series  {p.expr}{detail}")
         return "\n".join(lines)
 
@@ -267,6 +288,77 @@ def load_dashboard(path: str | os.PathLike[str] | None = None) -> Dashboard:
                      source=source)
 
 
+#: the shipped dashboard's panels, by title: the ``monitoring.metrics`` entry each draws
+#: and how its query is built from the mapping
+PANELS: dict[str, tuple[str, Any]] = {
+    "Request Rate": ("requests", lambda m: m.requests_rate("5m", by_label=True)),
+    "Latency": ("latency", lambda m: m.latency_p95("5m")),
+    "Error Rate": ("errors", lambda m: m.errors_rate("5m", by_label=True)),
+    "Token Usage": ("tokens", lambda m: m.tokens_rate("5m")),
+}
+
+
+def dashboard_for(metrics: MetricsMapping) -> Dashboard:
+    """The shipped dashboard with every panel query built from ``metrics`` (a panel
+    whose entry is null keeps no query: :func:`inconclusive_panels` says why).
+
+    Example:
+        >>> dashboard_for(MetricsMapping()).panel("Latency").exprs[0][:29]
+        'histogram_quantile(0.95, sum '
+    """
+    base = load_dashboard()
+    panels = []
+    for panel in base.panels:
+        entry = PANELS.get(panel.title)
+        if entry is None:
+            panels.append(panel)
+            continue
+        key, build = entry
+        targets: tuple[PanelTarget, ...] = ()
+        if getattr(metrics, key) is not None:
+            first = panel.targets[0] if panel.targets else PanelTarget(expr="")
+            targets = (PanelTarget(expr=build(metrics), legend=first.legend,
+                                   ref_id=first.ref_id),)
+        panels.append(Panel(title=panel.title, type=panel.type, targets=targets))
+    return Dashboard(title=base.title, uid=base.uid, panels=tuple(panels), source=base.source)
+
+
+def inconclusive_panels(metrics: MetricsMapping, exported: set[str] | None,
+                        where: str = "the agent's /metrics") -> dict[str, str]:
+    """Panel title -> why it cannot be judged: its metric is null in ``metrics``, or
+    missing from ``exported`` (the sample names of a replica's ``/metrics``)."""
+    out = {}
+    for title, (key, _) in PANELS.items():
+        reason = not_exported(metrics, key, exported, where)
+        if reason:
+            out[title] = reason
+    return out
+
+
+def render_dashboard_json(metrics: MetricsMapping) -> str:
+    """The shipped dashboard JSON for Grafana with queries built from ``metrics`` (the
+    file as shipped when they are the default names)."""
+    text = dashboard_path().read_text(encoding="utf-8")
+    data = json.loads(text)
+    changed = False
+    for raw in data.get("panels", []):
+        entry = PANELS.get(raw.get("title", ""))
+        if entry is None:
+            continue
+        key, build = entry
+        if getattr(metrics, key) is None:
+            raw["targets"] = []
+            raw["description"] = metrics.missing(key)
+            changed = True
+            continue
+        for target in raw.get("targets", [])[:1]:
+            expr = build(metrics)
+            if target.get("expr") != expr:
+                target["expr"] = expr
+                changed = True
+    return json.dumps(data, indent=2) + "\n" if changed else text
+
+
 def duration_seconds(window: str) -> float:
     """Seconds in a Prometheus duration (``"90s"``, ``"5m"``, ``"1h"``).
 
@@ -320,7 +412,8 @@ def _result(title: str, expr: str, samples: list[Sample] | None,
 
 
 def check_dashboard(dashboard: Dashboard, prom: PrometheusClient, *, timeout: float = 60.0,
-                    window: str = "1m", interval: float = 1.0) -> DashboardCheck:
+                    window: str = "1m", interval: float = 1.0,
+                    inconclusive: Mapping[str, str] | None = None) -> DashboardCheck:
     """Run every panel query as an instant query and report which ones return data.
 
     All queries share one deadline: they are polled together until each has returned
@@ -335,6 +428,8 @@ def check_dashboard(dashboard: Dashboard, prom: PrometheusClient, *, timeout: fl
         window: What Grafana's ``$__rate_interval`` / ``$__interval`` / ``$__range``
             stand for.
         interval: Seconds between polls.
+        inconclusive: Panel title -> why it cannot be judged (not queried; reported
+            inconclusive with the reason).
 
     Raises:
         StackError: Prometheus cannot be reached.
@@ -345,11 +440,15 @@ def check_dashboard(dashboard: Dashboard, prom: PrometheusClient, *, timeout: fl
           ok   Request Rate    2 series  sum by (type) (rate(requests_total[5m]))
           ...
     """
+    skip = dict(inconclusive or {})
     pending = {(i, j): (panel.title, target.expr,
                         substitute_variables(target.expr, window=window))
-               for i, panel in enumerate(dashboard.panels)
+               for i, panel in enumerate(dashboard.panels) if panel.title not in skip
                for j, target in enumerate(panel.targets)}
-    results: dict[tuple[int, int], PanelResult] = {}
+    results: dict[tuple[int, int], PanelResult] = {
+        (i, 0): PanelResult(title=panel.title, expr=panel.exprs[0] if panel.exprs else "",
+                            series=0, passed=False, inconclusive=skip[panel.title])
+        for i, panel in enumerate(dashboard.panels) if panel.title in skip}
     deadline = time.monotonic() + timeout
     while True:
         for key, (title, expr, query) in list(pending.items()):

@@ -2,7 +2,10 @@
 
 Placeholders (``${addr:alertmanager}``, ``${confdir}``) are resolved by the backend.
 Agent replicas are discovered through ``file_sd`` (``targets/agents.json``), which the
-stack rewrites whenever replicas come and go; Prometheus notices the change by itself.
+stack rewrites whenever replicas come and go; Prometheus notices the change by itself;
+they are scraped at the contract's ``metrics_path``. The alert rules query the agent's
+own series (``monitoring.metrics``); a rule whose metric the agent does not export is
+left out, with a comment in the file saying why.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def prometheus_yml(config: Config, *, alertmanager: bool = True) -> str:
         "scrape_configs": [
             {   # the seed's job name and path; every replica instead of localhost:8000
                 "job_name": "ai-agent",
-                "metrics_path": "/metrics",
+                "metrics_path": config.stack.agent.contract.metrics_path or "/metrics",
                 "file_sd_configs": [{"files": ["${confdir}/targets/*.json"],
                                      "refresh_interval": "5s"}],
             },
@@ -56,25 +59,41 @@ def alert_rules_yaml(config: Config) -> str:
     p95_s = (config.slo.p95_ms or 2000.0) / 1000.0
     err = config.slo.error_ratio if config.slo.error_ratio is not None else 0.05
     rps = config.slo.min_rps * 10 if config.slo.min_rps else 500.0
+    metrics = config.monitoring.metrics
     rules = [
         {"alert": "AgentReplicaDown", "expr": 'up{job="ai-agent"} == 0', "for": hold,
          "labels": {"severity": "critical"},
          "annotations": {"summary": "agent replica {{ $labels.instance }} is down"}},
-        {"alert": "AgentHighErrorRate",
-         "expr": f"sum(rate(requests_error_total[1m])) / clamp_min(sum(rate(requests_total[1m])), 1e-9) > {err}",
-         "for": hold, "labels": {"severity": "critical", "runbook": "api_error"},
-         "annotations": {"summary": f"error ratio above {err}"}},
-        {"alert": "AgentHighLatency",
-         "expr": ("histogram_quantile(0.95, sum by (le) "
-                  f"(rate(request_latency_seconds_bucket[1m]))) > {p95_s}"),
-         "for": hold, "labels": {"severity": "warning", "runbook": "high_load"},
-         "annotations": {"summary": f"p95 latency above {p95_s}s"}},
-        {"alert": "AgentHighLoad", "expr": f"sum(rate(requests_total[1m])) > {rps}",
-         "for": hold, "labels": {"severity": "warning", "runbook": "high_load"},
-         "annotations": {"summary": f"request rate above {rps}/s"}},
     ]
+    left_out = []
+    if metrics.errors is not None and metrics.requests is not None:
+        rules.append(
+            {"alert": "AgentHighErrorRate",
+             "expr": f"{metrics.errors_rate('1m')} / clamp_min({metrics.requests_rate('1m')}, "
+                     f"1e-9) > {err}",
+             "for": hold, "labels": {"severity": "critical", "runbook": "api_error"},
+             "annotations": {"summary": f"error ratio above {err}"}})
+    else:
+        left_out.append(("AgentHighErrorRate", metrics.missing("errors")
+                         or metrics.missing("requests")))
+    if metrics.latency is not None:
+        rules.append(
+            {"alert": "AgentHighLatency", "expr": f"{metrics.latency_p95('1m')} > {p95_s}",
+             "for": hold, "labels": {"severity": "warning", "runbook": "high_load"},
+             "annotations": {"summary": f"p95 latency above {p95_s}s"}})
+    else:
+        left_out.append(("AgentHighLatency", metrics.missing("latency")))
+    if metrics.requests is not None:
+        rules.append(
+            {"alert": "AgentHighLoad", "expr": f"{metrics.requests_rate('1m')} > {rps}",
+             "for": hold, "labels": {"severity": "warning", "runbook": "high_load"},
+             "annotations": {"summary": f"request rate above {rps}/s"}})
+    else:
+        left_out.append(("AgentHighLoad", metrics.missing("requests")))
     data = {"groups": [{"name": "ai-agent", "rules": rules}]}
-    return "# Rendered by agentverify.\n" + yaml.safe_dump(data, sort_keys=False)
+    head = "# Rendered by agentverify.\n" + "".join(
+        f"# {name} is left out: {why}\n" for name, why in left_out)
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def _is_local(url: str | None) -> bool:

@@ -97,6 +97,7 @@ pre.log{background:#202124;color:#e8eaed;padding:.6em;overflow:auto;font-size:.8
 .trend-worse{color:var(--red);font-weight:600} .trend-better{color:var(--green)}
 .trend-new,.trend-gone{color:var(--amber)}
 footer{color:var(--muted);font-size:.8em;margin-top:2em}
+.inconclusive{color:var(--amber);font-weight:600}
 """
 
 # colours per timeline kind (Google's palette: readable on white, distinct when printed)
@@ -439,10 +440,18 @@ def _gates_table(gates: list[dict[str, Any]]) -> str:
     if not gates:
         return '<p class="note">No gates.</p>'
     ordered = sorted(gates, key=lambda g: g["passed"])  # stable: failures first, in order
+
+    def verdict(g: dict[str, Any]) -> tuple[str, str]:
+        # an inconclusive gate is never shown as passed, even where it is allowed
+        word = g.get("verdict") or ("pass" if g["passed"] else "fail")
+        if word == "inconclusive":
+            return "inconclusive", "INCONCLUSIVE" + (f": {g['reason']}" if g.get("reason") else "")
+        return ("pass", "pass") if word == "pass" else ("fail", "FAIL")
+
     rows = "".join(
         f'<tr class="{"" if g["passed"] else "failrow"}"><td>{e(g["name"])}</td>'
         f'<td class=num>{e(format_value(g["measured"]))}</td><td>{e(g["threshold"])}</td>'
-        f'<td class="{"pass" if g["passed"] else "fail"}">{"pass" if g["passed"] else "FAIL"}'
+        f'<td class="{verdict(g)[0]}">{e(verdict(g)[1])}'
         f"</td></tr>" for g in ordered)
     return ("<table class=gates><tr><th>gate</th><th>measured</th><th>threshold</th>"
             f"<th>verdict</th></tr>{rows}</table>")

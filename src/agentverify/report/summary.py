@@ -33,7 +33,7 @@ REPORT_FILES = ("results.json", "results.html", "junit.xml")
 
 @dataclass(frozen=True)
 class SummaryLine:
-    """One line of the summary; ``status`` is ``pass``, ``fail`` or ``info``.
+    """One line of the summary; ``status`` is ``pass``, ``fail``, ``inconclusive`` or ``info``.
 
     Example:
         >>> SummaryLine("smoke: PASSED in 31.2s", "pass", bold=True).status
@@ -75,6 +75,10 @@ def gate_line(gate: dict[str, Any]) -> str:
         >>> gate_line({"name": "p95_ms", "measured": 512.3, "threshold": "<= 800", "passed": True})
         'PASS p95_ms: measured 512.3, threshold <= 800'
     """
+    if gate.get("verdict") == "inconclusive":
+        counts = "allowed" if gate["passed"] else "counts as failed"
+        return (f"INCONCLUSIVE {gate['name']}: {gate.get('reason', '')} (threshold "
+                f"{gate['threshold']}; {counts})")
     mark = "PASS" if gate["passed"] else "FAIL"
     return (f"{mark} {gate['name']}: measured {format_value(gate['measured'])}, "
             f"threshold {gate['threshold']}")
@@ -162,7 +166,9 @@ def summary_lines(data: dict[str, Any], *, report_dir: str | Path | None = None,
                                  f"{s.get('seconds', 0.0):.1f}s", "pass" if ok else "fail",
                                  bold=True))
         for g in s.get("gates", []):
-            lines.append(SummaryLine(f"  {gate_line(g)}", "pass" if g["passed"] else "fail"))
+            status = "inconclusive" if g.get("verdict") == "inconclusive" else \
+                "pass" if g["passed"] else "fail"
+            lines.append(SummaryLine(f"  {gate_line(g)}", status))
         if s.get("error"):
             lines.append(SummaryLine(f"  error: {s['error'].splitlines()[0]}", "fail"))
     if data.get("panels_error"):

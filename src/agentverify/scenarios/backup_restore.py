@@ -9,7 +9,9 @@ and measures what came back. Steps:
 ``backup``                  Redis SAVE + RDB, every Milvus collection, one manifest, one
                             ``backup_<UTC>.tar.gz`` under ``reports/backups``
 ``restore_verify``          verify the archive, start a fresh stack, restore into it, compare:
-                            keys, values, TTLs, entities, vectors, search results
+                            keys, values, TTLs, entities, vectors, search results, and the
+                            known answers: the same questions asked through the agent's
+                            contract on the live and the restored stack cite the same sources
 ``tamper_archive``          write a damaged copy of the archive (truncated, a flipped byte, ...)
 ``restore_expect_refused``  restoring each damaged copy into the *live* stack must be refused
                             before anything live is touched (proven by fingerprinting it)
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import httpx
 from pydantic import Field
 
 from agentverify.backup import (
@@ -39,7 +43,9 @@ from agentverify.backup import (
     tamper,
 )
 from agentverify.errors import BackupRestoreError, ScenarioError
+from agentverify.gates import Inconclusive
 from agentverify.scenarios.registry import StepParams, step
+from agentverify.scenarios.smoke import load_prompts
 
 if TYPE_CHECKING:
     from agentverify.scenarios.runner import ScenarioContext
@@ -242,12 +248,15 @@ class RestoreParams(StepParams):
     score_tolerance: float = Field(1e-4, ge=0.0)
     vector_tolerance: float = Field(1e-6, ge=0.0)
     timeout_s: float = Field(60.0, gt=0.0)
+    known_answers: int = Field(3, ge=0, le=100, description="questions asked of the live "
+                               "and the restored stack, whose sources must agree")
 
 
 RESTORE_FACTS = ("restore_seconds", "verify_seconds", "fresh_stack_seconds",
                  "keys_lost", "keys_changed", "keys_extra", "keys_expired", "keys_volatile",
                  "ttl_mismatches", "entities_lost", "entities_changed", "entities_extra",
-                 "search_queries", "search_mismatches", "restored_keys", "restored_entities")
+                 "search_queries", "search_mismatches", "restored_keys", "restored_entities",
+                 "known_answers", "known_answers_mismatched")
 
 
 @step("restore_verify", params=RestoreParams, facts=RESTORE_FACTS)
@@ -263,7 +272,33 @@ def restore_verify(ctx: ScenarioContext, params: RestoreParams) -> dict[str, Any
         with ctx.new_stack(only=only, **{"stack.replicas": params.replicas}) as fresh:
             up = time.monotonic() - t0
             ctx.say(f"  fresh stack up in {up:.1f}s")
-            return _restore_and_compare(ctx, fresh, opened, params, up)
+            facts = _restore_and_compare(ctx, fresh, opened, params, up)
+            facts.update(_known_answers(ctx, fresh, params.known_answers))
+            return facts
+
+
+def _known_answers(ctx: ScenarioContext, restored: Any, count: int) -> dict[str, Any]:
+    """Ask the same fresh questions on the live and on the restored stack, through the
+    agent's contract: a restore that lost or damaged the knowledge base cites other
+    sources (or none)."""
+    if not ctx.contract.maps("sources"):
+        why = Inconclusive("stack.agent.contract.reply.sources is null: the reply does not "
+                           "say which sources the answer used")
+        return {"known_answers": why, "known_answers_mismatched": why}
+    prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))[:count]
+    tag = uuid.uuid4().hex[:8]  # never cached on either stack: retrieval answers both
+    mismatched = 0
+    with httpx.Client(timeout=30.0) as client:
+        for i, prompt in enumerate(prompts):
+            question = f"{prompt} (known answer {tag}-{i})"
+            live = ctx.contract.ask(client, question, base_url=ctx.stack.lb_url)
+            after = ctx.contract.ask(client, question, base_url=restored.lb_url)
+            if not (live.ok and after.ok and live.sources == after.sources):
+                mismatched += 1
+                ctx.say(f"  known answer {i}: live {live.describe()} {list(live.sources or ())}"
+                        f", restored {after.describe()} {list(after.sources or ())}")
+    ctx.say(f"  {len(prompts)} known answers asked of both stacks: {mismatched} differ")
+    return {"known_answers": len(prompts), "known_answers_mismatched": mismatched}
 
 
 def _restore_and_compare(ctx: ScenarioContext, target: Any, opened: Any, params: RestoreParams,

@@ -1,14 +1,19 @@
 """The seed's deploy pipeline, step by step, each timed.
 
-1. validate environment — the variables the agent needs (``OPENAI_API_KEY``,
-   ``MILVUS_HOST``, ``REDIS_URL``) are set in the environment the agent is deployed
-   with; a missing one fails the deploy listing exactly the missing ones;
+1. validate environment — the variables the agent needs (the seed's ``OPENAI_API_KEY``,
+   ``MILVUS_HOST``, ``REDIS_URL``, by the names ``stack.agent.variables`` gives them; an
+   agent given no ``MILVUS_HOST`` needs ``MILVUS_URI``) are set in the environment the
+   agent is deployed with; a missing one fails the deploy listing exactly those;
 2. prepare resources — Redis and Milvus accept connections ("Waiting for host:port");
 3. deploy application — a new generation of every replica at ``version`` starts next
    to the serving one and must become healthy (blue/green: nothing is dropped);
 4. health check — GET /health on every new replica must answer 200;
-5. switch traffic — the nginx upstream is rewritten, nginx reloaded, and requests
-   through the load balancer must reach the new version; then the old generation stops.
+5. switch traffic — the nginx upstream is rewritten, nginx reloaded, and chat requests
+   through the load balancer (the agent's contract) must be answered by the new version;
+   then the old generation stops.
+
+``required_env`` and ``unset_env`` take variable names (``REDIS_URL``) or the keys of
+``stack.agent.variables`` (``redis_url``), so one scenario fits every agent.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import Field
 
-from agentverify.errors import AgentVerifyError, DeployError
+from agentverify.errors import AgentVerifyError, ContractError, DeployError
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import unhealthy
+from agentverify.stack.spec import required_variables
 from agentverify.stack.wait import PortWaitStrategy
 
 if TYPE_CHECKING:
@@ -29,15 +35,34 @@ if TYPE_CHECKING:
 
 __all__ = ["SEED_REQUIRED_ENV"]
 
+#: the seed's required variables (the reference agent's names)
 SEED_REQUIRED_ENV = ("OPENAI_API_KEY", "MILVUS_HOST", "REDIS_URL")
 
 
 class DeployParams(StepParams):
     version: str = Field(..., min_length=1)
-    required_env: list[str] = Field(default_factory=lambda: list(SEED_REQUIRED_ENV))
+    required_env: list[str] | None = Field(
+        None, description="default: the seed's required variables by this agent's names")
     unset_env: list[str] = Field(default_factory=list,
                                  description="rehearse a deploy environment lacking these")
     verify_requests: int = Field(20, ge=1, le=10_000)
+    message: str = Field("How do I reset my password?", min_length=1,
+                         description="the question the switch verification asks")
+
+
+def _variable_names(config: Any, names: list[str]) -> list[str]:
+    """Variable names, with keys of stack.agent.variables (``redis_url``) translated to
+    the agent's own name; a key the agent is not given translates to nothing."""
+    variables = config.stack.agent.variables
+    out = []
+    for name in names:
+        if name in type(variables).model_fields:
+            given = getattr(variables, name)
+            if given:
+                out.append(given)
+        else:
+            out.append(name)
+    return out
 
 
 DEPLOY_FACTS = ("deploy_ok", "deploy_failed_step", "deploy_missing_env",
@@ -67,16 +92,19 @@ def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
             facts[f"deploy_{name}_s"] = round(time.monotonic() - t0, 3)
             facts["deploy_total_s"] = round(time.monotonic() - started, 3)
 
+    required = (_variable_names(ctx.config, params.required_env)
+                if params.required_env is not None else required_variables(ctx.config))
+
     def validate() -> None:
         env = dict(stack.agent_env(params.version))
-        for name in params.unset_env:
+        for name in _variable_names(ctx.config, params.unset_env):
             env.pop(name, None)
-        missing = [n for n in params.required_env if not env.get(n)]
+        missing = [n for n in required if not env.get(n)]
         facts["deploy_missing_env"] = ",".join(missing)
         facts["deploy_missing_env_count"] = len(missing)
         if missing:
             raise DeployError(f"missing required environment variables: {', '.join(missing)}")
-        ctx.say(f"  validate: {', '.join(params.required_env)} present")
+        ctx.say(f"  validate: {', '.join(required)} present")
 
     def prepare() -> None:
         for name in ("redis", "milvus"):
@@ -92,17 +120,22 @@ def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
         ctx.say(f"  deploy: {len(standby)} replica(s) of {params.version} healthy on standby")
 
     def health() -> None:
-        bad = unhealthy(standby, ctx.config.stack.agent.health_path)
+        bad = unhealthy(standby, ctx.config.stack.agent.contract.health_path)
         if bad:
             raise DeployError(f"health check failed: {'; '.join(bad)}")
 
     def switch() -> None:
         seconds = stack.promote(standby)
         served = 0
+        if not ctx.contract.maps("version"):
+            raise ContractError("deploy cannot tell which version answers: "
+                                "stack.agent.contract.reply.version is null")
         with httpx.Client(base_url=stack.lb_url, timeout=10.0) as client:
             for _ in range(params.verify_requests):
-                resp = client.get("/version", headers={"Connection": "close"})
-                served += resp.headers.get("x-agent-version") == params.version
+                # a fresh connection each time, so every request is balanced anew
+                reply = ctx.contract.ask(client, params.message,
+                                         headers={"Connection": "close"})
+                served += reply.version == params.version
         facts["deploy_served_by_new_ratio"] = round(served / params.verify_requests, 4)
         ctx.say(f"  switch: nginx serves the new upstream after {seconds:.2f}s; "
                 f"{served}/{params.verify_requests} requests answered by {params.version}")

@@ -1,9 +1,13 @@
 """A steady probe through the load balancer that records every request.
 
 While a rollout, rollback or scale runs, the probe sends requests at a fixed rate and
-records each one's send time, latency, status and the version that answered (from the
-``X-Agent-Version`` header). Its report gives the facts rehearsals are gated on:
-failed requests, the longest time without a successful answer, versions seen.
+records each one's send time, latency, status and the version and replica that answered,
+all through the agent's :class:`~agentverify.contract.AgentContract` (the reference
+agent's ``X-Agent-Version`` / ``X-Agent-Replica`` headers by default). Its report gives
+the facts rehearsals are gated on: failed requests, the longest time without a successful
+answer, versions seen. A successful reply that does not match the contract is recorded
+once (:attr:`ProbeReport.contract_problem`): a probe that cannot tell versions apart must
+not make a rollout look fine.
 
 Each request opens a fresh connection by default: a load-balancer reload closes idle
 keep-alive connections, and a client that reuses one at that instant sees a reset that
@@ -30,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from agentverify.contract import AgentContract
+from agentverify.errors import ContractError
 from agentverify.traffic import UPSTREAM_HEADER, upstream_attempts
 
 __all__ = ["Probe", "ProbeReport", "ProbeSample"]
@@ -64,6 +70,8 @@ class ProbeReport:
     duration_s: float
     rps_target: float
     statuses: Counter[str] = field(default_factory=Counter)
+    #: the first successful reply that did not match the agent's contract (one line)
+    contract_problem: str | None = None
 
     @property
     def requests(self) -> int:
@@ -138,20 +146,24 @@ class Probe:
     Args:
         base_url: the load balancer.
         rps: requests per second to send (sent on a fixed schedule).
-        path, body: ``POST path`` with ``body`` (a repeated question: cached answers).
+        message: the question every request asks (a repeated question: cached answers).
+        contract: how to ask it and read the replies (default: the reference agent's).
         timeout: per-request timeout; a request that times out counts as failed.
         keepalive: reuse connections (see the module docstring).
     """
 
-    def __init__(self, base_url: str, *, rps: float = 25.0, path: str = "/chat",
-                 body: dict[str, Any] | None = None, timeout: float = 10.0,
+    def __init__(self, base_url: str, *, rps: float = 25.0,
+                 message: str = "How do I reset my password?",
+                 contract: AgentContract | None = None, timeout: float = 10.0,
                  keepalive: bool = False, workers: int = 32, unique: bool = False) -> None:
         if rps <= 0:
             raise ValueError("rps must be > 0")
         self.base_url = base_url.rstrip("/")
         self.rps = rps
-        self.path = path
-        self.body = body or {"message": "How do I reset my password?"}
+        self.contract = contract or AgentContract.default()
+        self.request = self.contract.request(message)
+        self._problem: str | None = None
+        self.message = message
         #: every request asks a question of its own (never cached: it reaches the LLM)
         self.unique = unique
         self._count = itertools.count(1)
@@ -200,20 +212,27 @@ class Probe:
 
     def _one(self) -> None:
         t = time.monotonic()
-        headers = {} if self.keepalive else {"Connection": "close"}
+        req = self.request
+        headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
         status: int | str
         version = replica = None
         attempts = 0
         try:
-            body = self.body
             if self.unique:
-                body = {**body, "message": f"{body['message']} (probe {next(self._count)})"}
-            resp = self._client.post(self.base_url + self.path, json=body,
-                                     headers=headers)
+                req = self.contract.request(f"{self.message} (probe {next(self._count)})")
+                headers = req.headers if self.keepalive else {**req.headers,
+                                                              "Connection": "close"}
+            resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
+                                        headers=headers)
             status = resp.status_code
-            version = resp.headers.get("x-agent-version")
-            replica = resp.headers.get("x-agent-replica")
+            version, replica = self.contract.identity(resp.headers, resp.text)
             attempts = upstream_attempts(resp.headers.get(UPSTREAM_HEADER))
+            if status == 200 and self._problem is None:
+                try:
+                    self.contract.parse(status, resp.headers, resp.text,
+                                        request=req.describe())
+                except ContractError as exc:
+                    self._problem = str(exc)
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica,
@@ -243,4 +262,4 @@ class Probe:
     def _report(self, samples: list[ProbeSample], duration: float) -> ProbeReport:
         statuses: Counter[str] = Counter(str(s.status) for s in samples)
         return ProbeReport(samples=samples, duration_s=duration, rps_target=self.rps,
-                           statuses=statuses)
+                           statuses=statuses, contract_problem=self._problem)

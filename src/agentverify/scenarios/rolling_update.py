@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from agentverify.errors import ScenarioError
+from agentverify.errors import ContractError, ScenarioError
 from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.probe import Probe
 from agentverify.scenarios.registry import StepParams, step
@@ -54,8 +54,9 @@ def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any
     """Start steady traffic through the load balancer, recording every request."""
     if PROBE_KEY in ctx.state:
         raise ScenarioError("a probe is already running (probe_stop it first)")
-    probe = Probe(ctx.stack.lb_url, rps=params.rps, body={"message": params.message},
-                  keepalive=params.keepalive, unique=params.unique).start()
+    probe = Probe(ctx.stack.lb_url, rps=params.rps, message=params.message,
+                  contract=ctx.contract, keepalive=params.keepalive,
+                  unique=params.unique).start()
     ctx.state[PROBE_KEY] = probe
     # an interrupted scenario must not leave the probe's threads sending
     ctx.defer("stop the probe", probe.stop)
@@ -74,6 +75,8 @@ def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
     if probe is None:
         raise ScenarioError("probe_stop without probe_start")
     report = probe.stop()
+    if report.contract_problem:
+        raise ContractError(report.contract_problem)
     t0 = time.time() - probe.elapsed  # the probe's t=0 on the wall clock, for the report
     ctx.series["probe latency ms"] = TimeSeries(report.latency_series(), unit="ms", t0=t0,
                                                 gate="probe_p95_ms")
@@ -109,14 +112,19 @@ class RolloutParams(StepParams):
 
 ROLLOUT_FACTS = ("rollout_completed", "rolled_back", "rollout_seconds", "replicas_updated",
                  "rollout_failure", "from_version", "to_version", "rollback_seconds",
-                 "failed_after_rollback")
+                 "failed_after_rollback", "unclean_stops")
 
 
 def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParams) -> str | None:
-    """Watch the probe's answers from the new replica; a reason to stop, or None."""
+    """Watch the probe's answers from the new replica; a reason to stop, or None.
+
+    Answers are told apart by the replica the reply names; for an agent whose reply
+    names none, by the version (every replica on the new version has been baked before).
+    """
     probe = _probe(ctx)
     if probe is None or params.bake_s == 0:
         return None
+    by_replica = ctx.contract.maps("replica")
     since = probe.elapsed
     t0 = time.monotonic()
     deadline = t0 + params.bake_s
@@ -124,8 +132,10 @@ def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParam
         while True:
             time.sleep(min(0.1, params.bake_s))
             report = probe.snapshot()
-            replica_samples = [s for s in report.samples
-                               if s.t >= since and s.replica == replica]
+            if report.contract_problem:
+                return f"the probe cannot read the replies: {report.contract_problem}"
+            replica_samples = [s for s in report.samples if s.t >= since and
+                               (s.replica == replica if by_replica else s.version == version)]
             failed = sum(1 for s in replica_samples if not s.ok)
             total = len(replica_samples)
             if total and failed / total > params.max_error_ratio and \
@@ -149,7 +159,12 @@ def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:
                              "replicas_updated": len(rollout.steps),
                              "rollout_failure": rollout.failure or "",
                              "rollout_seconds": round(rollout.seconds, 3),
-                             "rollback_seconds": 0.0, "failed_after_rollback": 0}
+                             "rollback_seconds": 0.0, "failed_after_rollback": 0,
+                             # ending by SIGTERM (exit -15 / 143) is a clean stop
+                             "unclean_stops": len(rollout.unclean_stops)}
+    for stopped in rollout.unclean_stops:
+        ctx.say(f"  {stopped.instance} at {stopped.from_version} did not stop cleanly "
+                f"(exit status {stopped.exit_code})")
     if rollout.completed:
         return facts
     ctx.say(f"  rollout stopped: {rollout.failure}")

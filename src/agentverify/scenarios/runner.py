@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agentverify.config import Config
+    from agentverify.contract import AgentContract, AgentReply
     from agentverify.monitoring.prometheus import PrometheusClient
     from agentverify.stack.stack import Stack
 
@@ -73,6 +74,23 @@ class ScenarioContext:
     def http(self) -> httpx.Client:
         """A client on the load balancer."""
         return httpx.Client(base_url=self.stack.lb_url, timeout=30.0)
+
+    @cached_property
+    def contract(self) -> AgentContract:
+        """How to talk to the agent under test (``stack.agent.contract``)."""
+        from agentverify.contract import AgentContract
+
+        return AgentContract.from_config(self.config)
+
+    def ask(self, message: str, **options: Any) -> AgentReply:
+        """Ask ``message`` through the load balancer and read the reply through the
+        contract (``options``: ``session``, ``client_id``, ``headers``, ``strict``).
+
+        Raises:
+            ContractError: a successful reply does not match the contract.
+            httpx.HTTPError: no answer at all.
+        """
+        return self.contract.ask(self.http, message, **options)
 
     @cached_property
     def prometheus(self) -> PrometheusClient:
@@ -159,7 +177,8 @@ class ScenarioContext:
 
 
 def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = print) -> None:
-    """Bring a shared stack back to the configured version and replica count.
+    """Bring a shared stack back to the configured version, agent configuration and
+    replica count.
 
     No traffic is measured between scenarios, so every replica is replaced at once
     (blue/green: new instances started side by side, then one switch) rather than one at
@@ -168,6 +187,12 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     if not stack.is_up:
         return
     want_version = config.stack.version
+    agent_config = getattr(stack, "agent_config", None)  # None: not made from a config
+    if agent_config is not None and agent_config != config:
+        say(f"restoring baseline: replicas back on the configured agent config at {want_version}")
+        rollout = stack.reconfigure_agents(config, version=want_version)
+        if rollout.failure:
+            raise StackError(f"restoring the agent configuration failed: {rollout.failure}")
     if any(v != want_version for v in stack.versions):
         say(f"restoring baseline: every replica back to {want_version} at once")
         stack.promote(stack.start_standby(want_version))

@@ -4,13 +4,19 @@ These are the checks of the bundled smoke gate (``scenarios/smoke.yaml``), each 
 that measures facts:
 
 ===============  ===========================================================================
-``health``       GET /health on every replica directly (the seed's health-check step)
-``chat``         one /chat through the load balancer, answered with retrieved sources
+``health``       GET the contract's health path on every replica directly (the seed's
+                 health-check step)
+``chat``         one chat request through the load balancer, answered with retrieved
+                 sources
 ``cache_repeat`` the same question again: answered from cache with no new LLM call
 ``traffic``      N questions from the prompt set through the load balancer, concurrently
 ``targets``      Prometheus scrapes every replica, all up
 ``dashboard``    every panel query of the Grafana dashboard returns data
 ===============  ===========================================================================
+
+Every request goes through the agent's :class:`~agentverify.contract.AgentContract`; a
+fact the agent's reply or metrics cannot give is
+:class:`~agentverify.gates.Inconclusive`, never a pass.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import httpx
 from pydantic import Field
 
 from agentverify import _http
-from agentverify.errors import ConfigError, ScenarioError
+from agentverify.errors import ConfigError, ContractError, ScenarioError
+from agentverify.gates import Inconclusive
 from agentverify.scenarios.registry import StepParams, step
 
 if TYPE_CHECKING:
@@ -71,9 +78,9 @@ def unhealthy(replicas: list[Any], path: str) -> list[str]:
 
 @step("health", facts=("replicas", "healthy_replicas", "unhealthy_replicas"))
 def health(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
-    """GET /health on every replica directly; each must answer 200."""
+    """GET the health path on every replica directly; each must answer 200."""
     replicas = ctx.stack.replicas
-    bad = unhealthy(replicas, ctx.config.stack.agent.health_path)
+    bad = unhealthy(replicas, ctx.config.stack.agent.contract.health_path)
     for line in bad:
         ctx.say(f"  unhealthy {line}")
     return {"replicas": len(replicas), "healthy_replicas": len(replicas) - len(bad),
@@ -84,40 +91,55 @@ class ChatParams(StepParams):
     message: str = Field("How do I reset my password?", min_length=1)
 
 
+def _not_mapped(key: str, what: str) -> Inconclusive:
+    return Inconclusive(f"stack.agent.contract.reply.{key} is null: the reply does not "
+                        f"say {what}")
+
+
 @step("chat", params=ChatParams,
       facts=("chat_status", "chat_sources", "chat_answer_chars", "chat_version"))
 def chat(ctx: ScenarioContext, params: ChatParams) -> dict[str, Any]:
     """One question through the load balancer; the answer must cite retrieved sources."""
-    resp = ctx.http.post("/chat", json={"message": params.message})
-    facts: dict[str, Any] = {"chat_status": resp.status_code}
-    if resp.status_code == 200:
-        body = resp.json()
-        facts.update(chat_sources=len(body.get("sources") or []),
-                     chat_answer_chars=len(body.get("answer") or ""),
-                     chat_version=body.get("version"))
-        titles = ", ".join(s.get("title", "?") for s in body.get("sources") or [])
-        ctx.say(f"  answered by {body.get('replica')} ({body.get('version')}), sources: {titles}")
+    reply = ctx.ask(params.message)
+    facts: dict[str, Any] = {"chat_status": reply.status}
+    if reply.ok:
+        contract = ctx.contract
+        facts.update(
+            chat_sources=(len(reply.sources) if reply.sources is not None
+                          else _not_mapped("sources", "which sources the answer used")),
+            chat_answer_chars=len(reply.answer or ""),
+            chat_version=(reply.version if contract.maps("version")
+                          else _not_mapped("version", "which version answered")))
+        titles = ", ".join(reply.sources or ()) or "none"
+        ctx.say(f"  answered {reply.describe()}, sources: {titles}")
     else:
-        ctx.say(f"  /chat answered {resp.status_code}: {resp.text[:200]}")
+        ctx.say(f"  the chat request answered {reply.describe()}")
     return facts
 
 
 @step("cache_repeat", params=ChatParams,
       facts=("cache_repeat_cached", "cache_repeat_llm_requests", "cache_repeat_tokens"))
 def cache_repeat(ctx: ScenarioContext, params: ChatParams) -> dict[str, Any]:
-    """Ask, then ask again: the repeat must come from Redis with no new LLM request."""
-    first = ctx.http.post("/chat", json={"message": params.message})
-    if first.status_code != 200:
-        raise ScenarioError(f"/chat answered {first.status_code}: {first.text[:200]}")
+    """Ask, then ask again: the repeat must come from Redis with no new LLM request.
+
+    The LLM ledger is the evidence for any agent (the repeat made no LLM call); an agent
+    whose reply says whether it was cached must say so too.
+    """
+    first = ctx.ask(params.message)
+    if not first.ok:
+        raise ScenarioError(f"the chat request answered {first.describe()}")
     before = ctx.ledger()
-    again = ctx.http.post("/chat", json={"message": params.message})
+    again = ctx.ask(params.message)
     after = ctx.ledger()
-    if again.status_code != 200:
-        raise ScenarioError(f"repeated /chat answered {again.status_code}: {again.text[:200]}")
+    if not again.ok:
+        raise ScenarioError(f"the repeated chat request answered {again.describe()}")
     tokens = sum(after.get(k, 0) - before.get(k, 0)
                  for k in ("prompt_tokens", "completion_tokens", "embedding_tokens"))
-    return {"cache_repeat_cached": bool(again.json().get("cached")),
-            "cache_repeat_llm_requests": after["requests"] - before["requests"],
+    calls = after["requests"] - before["requests"]
+    if again.cached is False:
+        ctx.say("  the repeat says it was not cached (reply.cached is false)")
+    return {"cache_repeat_cached": calls == 0 and again.cached is not False,
+            "cache_repeat_llm_requests": calls,
             "cache_repeat_tokens": tokens}
 
 
@@ -132,17 +154,21 @@ class TrafficParams(StepParams):
 def traffic(ctx: ScenarioContext, params: TrafficParams) -> dict[str, Any]:
     """N questions from the prompt set through the load balancer, concurrently."""
     prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))
+    contract = ctx.contract
     statuses: Counter[str] = Counter()
     replicas: set[str] = set()
-    url = ctx.stack.lb_url + "/chat"
+    problems: list[str] = []
     t0 = time.monotonic()
 
     def one(i: int, client: httpx.Client) -> tuple[str, str | None]:
         try:
-            resp = client.post(url, json={"message": prompts[i % len(prompts)]})
-            return str(resp.status_code), resp.headers.get("x-agent-replica")
+            reply = contract.ask(client, prompts[i % len(prompts)], base_url=ctx.stack.lb_url)
         except httpx.HTTPError as exc:
             return type(exc).__name__, None
+        except ContractError as exc:
+            problems.append(str(exc))
+            return "contract", None
+        return str(reply.status), reply.replica
 
     with httpx.Client(timeout=30.0) as client, \
             cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
@@ -150,12 +176,15 @@ def traffic(ctx: ScenarioContext, params: TrafficParams) -> dict[str, Any]:
             statuses[status] += 1
             if replica is not None:
                 replicas.add(replica)
+    if problems:
+        raise ContractError(problems[0])
     failed = sum(n for s, n in statuses.items() if s != "200")
     ctx.say(f"  {params.requests} requests in {time.monotonic() - t0:.1f}s, "
             f"statuses {dict(statuses)}, replicas seen {sorted(replicas)}")
     return {"traffic_requests": params.requests, "traffic_failed": failed,
             "traffic_error_ratio": failed / params.requests,
-            "traffic_replicas_seen": len(replicas)}
+            "traffic_replicas_seen": (len(replicas) if contract.maps("replica") else
+                                      _not_mapped("replica", "which replica answered"))}
 
 
 class TargetsParams(StepParams):
@@ -165,6 +194,11 @@ class TargetsParams(StepParams):
 @step("targets", params=TargetsParams, facts=("targets_expected", "targets_up", "targets_down"))
 def targets(ctx: ScenarioContext, params: TargetsParams) -> dict[str, Any]:
     """Prometheus scrapes every replica of the agent, and every one is up."""
+    if ctx.contract.metrics_path is None:
+        why = Inconclusive("stack.agent.contract.metrics_path is null: the agent serves no "
+                           "metrics for Prometheus to scrape")
+        return {"targets_expected": len(ctx.stack.replicas), "targets_up": why,
+                "targets_down": why}
     expected = {"%s:%d" % r.handle.address("http") for r in ctx.stack.replicas}
     deadline = time.monotonic() + params.timeout_s
     while True:
@@ -213,19 +247,38 @@ class DashboardParams(StepParams):
 
 
 @step("dashboard", params=DashboardParams,
-      facts=("dashboard_panels", "dashboard_panels_with_data", "dashboard_panels_empty"))
+      facts=("dashboard_panels", "dashboard_panels_with_data", "dashboard_panels_empty",
+             "dashboard_panels_inconclusive"))
 def dashboard(ctx: ScenarioContext, params: DashboardParams) -> dict[str, Any]:
-    """Every panel query of the Grafana dashboard returns a non-empty series."""
+    """Every panel query of the Grafana dashboard returns a non-empty series.
+
+    The shipped dashboard draws the agent's own series (``monitoring.metrics``); a panel
+    whose metric the agent does not export is inconclusive, and so is
+    ``dashboard_panels_empty`` unless another panel is plainly empty.
+    """
     from agentverify.monitoring.dashboard import (
         check_dashboard,
-        dashboard_path,
+        dashboard_for,
+        inconclusive_panels,
         load_dashboard,
     )
+    from agentverify.monitoring.metrics import replica_exports
 
-    path = ctx.config.path(params.path) if params.path else dashboard_path()
-    check = check_dashboard(load_dashboard(path), ctx.prometheus, timeout=params.timeout_s)
+    if params.path:
+        board, skip = load_dashboard(ctx.config.path(params.path)), {}
+    else:
+        metrics = ctx.config.monitoring.metrics
+        exported, where = replica_exports(ctx.stack, ctx.contract.metrics_path)
+        board, skip = dashboard_for(metrics), inconclusive_panels(metrics, exported, where)
+    check = check_dashboard(board, ctx.prometheus, timeout=params.timeout_s,
+                            inconclusive=skip)
     for line in str(check).splitlines():
         ctx.say(f"  {line}")
+    empty: Any = len(check.failed)
+    if not empty and check.inconclusive:
+        empty = Inconclusive("; ".join(f"panel {p.title!r}: {p.inconclusive}"
+                                       for p in check.inconclusive))
     return {"dashboard_panels": check.panels_total,
             "dashboard_panels_with_data": check.panels_with_data,
-            "dashboard_panels_empty": check.panels_total - check.panels_with_data}
+            "dashboard_panels_empty": empty,
+            "dashboard_panels_inconclusive": len(check.inconclusive)}

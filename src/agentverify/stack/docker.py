@@ -263,6 +263,8 @@ class DockerState(InstanceState):
     host_ports: dict[str, int] = field(default_factory=dict)
     #: the container's address on the run's network (agent replicas are routed by it)
     ip: str = ""
+    #: the exit status, kept when the container is removed
+    exit_code: int | None = None
 
 
 def _state(handle: Handle) -> DockerState:
@@ -428,7 +430,8 @@ class DockerBackend:
             from agentverify.images import stale_source_reason
 
             # a green run on code older than the checkout would be a lie
-            stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {})
+            stale = stale_source_reason((found.attrs.get("Config") or {}).get("Labels") or {},
+                                        self.config)
             if stale:
                 raise BackendUnavailable(f"image {image} is stale: {stale}; run "
                                          f"`agentverify images build`")
@@ -618,6 +621,8 @@ class DockerBackend:
                 if container.status == "running":
                     container.stop(timeout=int(math.ceil(grace)))
                 self._save_log(handle, container)
+                container.reload()
+                _state(handle).exit_code = container.attrs.get("State", {}).get("ExitCode")
                 container.remove(force=True)
             except docker.errors.NotFound:
                 return
@@ -657,7 +662,7 @@ class DockerBackend:
     def status(self, handle: Handle) -> ServiceStatus:
         container = self._container(handle)
         if container is None:
-            return ServiceStatus(False, None, "container removed")
+            return ServiceStatus(False, _state(handle).exit_code, "container removed")
         state = container.attrs.get("State", {})
         if state.get("Running"):
             return ServiceStatus(True)

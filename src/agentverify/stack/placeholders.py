@@ -17,6 +17,10 @@ them for itself, so one spec runs as a local process and as a container:
 ``${host:SVC}``             host of SVC as this service sees it
 ==========================  ==========================================================
 
+A user writes the friendlier ``{name}`` form in ``stack.agent.command``, ``.ingest`` and
+``.env`` (:data:`USER_PLACEHOLDERS`); :func:`expand_user_template` turns it into the
+table above, so a user's agent is rendered by the same machinery as every service.
+
 What is here: :func:`render_template` (every placeholder of a string replaced),
 :func:`make_resolver` (the table above for one instance, on any backend) and the view
 from inside a container, shared by the docker backend and the compose rendering:
@@ -43,7 +47,8 @@ if TYPE_CHECKING:
     from agentverify.stack.spec import ServiceSpec
 
 __all__ = ["CONF_DIR", "CONTAINER_BIND", "CONTAINER_PYTHON", "CONTAINER_USER", "DATA_DIR",
-           "Resolver", "container_resolver", "make_resolver", "render_template"]
+           "USER_PLACEHOLDERS", "Resolver", "container_resolver", "expand_user_template",
+           "make_resolver", "render_template"]
 
 #: what a service binds inside its own network namespace (a container)
 CONTAINER_BIND = "0.0.0.0"
@@ -56,6 +61,19 @@ CONTAINER_USER = "root"
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z]+)(?::([A-Za-z0-9_.-]+))?(?::([A-Za-z0-9_.-]+))?\}")
 
+#: ``{name}`` in a user's argv / env -> what it stands for (``{version}`` is added per spec)
+USER_PLACEHOLDERS: dict[str, str] = {
+    "python": "${python}",          # the interpreter that has agentverify (and the agent)
+    "host": "${bind}",              # the address to bind: 127.0.0.1, 0.0.0.0 in a container
+    "bind": "${bind}",
+    "port": "${port:http}",         # the port to listen on
+    "config": "${confdir}/config.yaml",   # the seed-format config.yaml written for the agent
+    "knowledge": "${confdir}/knowledge",  # the documents of stack.knowledge_dir (ingest)
+    "confdir": "${confdir}",
+    "datadir": "${datadir}",        # the instance's own data directory (logs ...)
+}
+_USER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
 #: ``(kind, a, b) -> text``: what ``${kind:a:b}`` becomes for one instance
 Resolver = Callable[[str, str | None, str | None], str]
 
@@ -63,6 +81,41 @@ Resolver = Callable[[str, str | None, str | None], str]
 def render_template(text: str, resolve: Resolver) -> str:
     """Replace every ``${kind[:a[:b]]}`` placeholder with ``resolve(kind, a, b)``."""
     return _PLACEHOLDER.sub(lambda m: str(resolve(m.group(1), m.group(2), m.group(3))), text)
+
+
+def expand_user_template(text: str, values: Mapping[str, str] | None = None,
+                         *, allowed: Mapping[str, str] = USER_PLACEHOLDERS) -> str:
+    """A user's ``{name}`` placeholders as ``${...}`` ones (``{{`` / ``}}``: literal braces;
+    ``${...}`` already written is kept as it is).
+
+    Args:
+        text: one argv item or env value.
+        values: more ``{name}`` -> text for this spec (e.g. ``{"version": "v2"}``).
+        allowed: the placeholders of this kind of string (an ingest job has no ``{port}``).
+
+    Raises:
+        ValueError: an unknown ``{name}``; the message lists the valid ones.
+
+    Example:
+        >>> expand_user_template("--port={port}")
+        '--port=${port:http}'
+    """
+    table = {**allowed, **(values or {})}
+
+    def one(m: re.Match[str]) -> str:
+        whole = m.group(0)
+        if whole in ("{{", "}}"):
+            return whole[0]
+        if m.start() > 0 and text[m.start() - 1] == "$":
+            return whole  # ${kind...}: agentverify's own form, resolved by the backend
+        name = m.group(1)
+        if name not in table:
+            raise ValueError(f"unknown placeholder {{{name}}}; expected one of "
+                             + ", ".join("{" + k + "}" for k in sorted(table))
+                             + " (write {{ and }} for literal braces)")
+        return table[name]
+
+    return _USER.sub(one, text)
 
 
 def make_resolver(*, who: str, ports: Mapping[str, int], bind: str, confdir: str,

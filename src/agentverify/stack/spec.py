@@ -20,9 +20,10 @@ from typing import Literal
 
 import yaml
 
-from agentverify.config import Config
+from agentverify.config import Config, deep_merge
 from agentverify.errors import ConfigError
 from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
+from agentverify.stack.placeholders import expand_user_template
 from agentverify.stack.wait import (
     HttpWaitStrategy,
     PortWaitStrategy,
@@ -31,10 +32,18 @@ from agentverify.stack.wait import (
 from agentverify.traffic import nginx_conf
 
 __all__ = [
+    "DEFAULT_IMAGES",
     "Port",
     "ServiceSpec",
     "StackSpec",
+    "agent_config_yaml",
+    "agent_environment",
+    "agent_keys",
+    "agent_spec",
     "build_stack_spec",
+    "default_images",
+    "ingest_spec",
+    "required_variables",
     "ROLE_AGENT",
     "ROLE_LB",
     "ROLE_METRICS",
@@ -94,6 +103,8 @@ class ServiceSpec:
     persistent: bool = False
     #: which program provides the service when there is a choice (the fault proxy)
     implementation: str | None = None
+    #: variables that carry a replica's own id (``agent-N``), set by :meth:`for_replica`
+    replica_env: tuple[str, ...] = ()
 
     def port(self, name: str | None = None) -> Port:
         if not self.ports:
@@ -110,6 +121,11 @@ class ServiceSpec:
 
     def with_env(self, **env: str) -> ServiceSpec:
         return replace(self, env={**self.env, **env})
+
+    def for_replica(self, instance: str) -> ServiceSpec:
+        """This spec for one replica: every :attr:`replica_env` variable set to
+        ``instance`` (``agent-0`` ...)."""
+        return self.with_env(**{name: instance for name in self.replica_env})
 
     def __repr__(self) -> str:  # never show secret values
         env = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
@@ -187,27 +203,45 @@ class StackSpec:
 # ------------------------------------------------------------------------------ the seed
 
 
-DEFAULT_IMAGES = {
-    # Built offline by `agentverify images build`; any name here can be overridden in
-    # config (stack.images.ROLE), e.g. redis: "redis:7-alpine" for an online user.
-    "redis": "agentverify/redis:local",
-    "milvus": "agentverify/python:local",
-    "llm": "agentverify/python:local",
-    "agent": "agentverify/python:local",
-    "ingest": "agentverify/python:local",
-    "lb": "agentverify/nginx:local",
-    "toxiproxy": "agentverify/python:local",
-    "prometheus": "agentverify/prometheus:local",
-    "alertmanager": "agentverify/prometheus:local",
+#: the image of each role, as ``agentverify/<repo>``; the tag is ``stack.image_tag``
+DEFAULT_REPOS = {
+    # Built offline by `agentverify images build`; any name can be overridden in config
+    # (stack.images.ROLE), e.g. redis: "redis:7-alpine" for an online user.
+    "redis": "agentverify/redis",
+    "milvus": "agentverify/python",
+    "llm": "agentverify/python",
+    "agent": "agentverify/python",
+    "ingest": "agentverify/python",
+    "lb": "agentverify/nginx",
+    "toxiproxy": "agentverify/python",
+    "prometheus": "agentverify/prometheus",
+    "alertmanager": "agentverify/prometheus",
 }
+#: the agent's image when it is built from ``stack.agent.source``
+SOURCE_AGENT_REPO = "agentverify/agent"
+#: the default names with the default tag (``agentverify/redis:local`` ...)
+DEFAULT_IMAGES = {role: f"{repo}:local" for role, repo in DEFAULT_REPOS.items()}
+
+
+def default_images(config: Config) -> dict[str, str]:
+    """Role -> image name before ``stack.images``: ``agentverify/*:<stack.image_tag>``,
+    and the agent (and its ingest job) built from ``stack.agent.source`` when given."""
+    tag = config.stack.image_tag
+    names = {role: f"{repo}:{tag}" for role, repo in DEFAULT_REPOS.items()}
+    if config.stack.agent.source:
+        names["agent"] = f"{SOURCE_AGENT_REPO}:{tag}"
+        if config.stack.agent.ingest:
+            names["ingest"] = names["agent"]
+    return names
 
 
 def _image(config: Config, key: str) -> str:
-    return config.stack.images.get(key, DEFAULT_IMAGES[key])
+    return config.stack.images.get(key) or default_images(config)[key]
 
 
 def agent_config_yaml(config: Config) -> str:
-    """The seed-format config.yaml the deploy step writes for the agent.
+    """The seed-format config.yaml the deploy step writes for the agent, with
+    ``stack.agent.config`` (keys only the agent knows) merged in.
 
     Endpoints are placeholders, resolved per backend to the live services.
     """
@@ -219,52 +253,117 @@ def agent_config_yaml(config: Config) -> str:
         data["model"]["base_url"] = "${url:llm}/v1"
     if not config.model.backup.base_url:
         data["model"]["backup"]["base_url"] = "${url:llm}/v1"
+    if config.stack.agent.config:
+        data = deep_merge(data, config.stack.agent.config)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def agent_environment(config: Config, *, version: str,
+                      api_keys: Mapping[str, str]) -> dict[str, str]:
+    """The variables the agent at ``version`` is given (``stack.agent.variables`` names
+    them; values are placeholders for the live stack). The replica's own id is added per
+    instance (:meth:`ServiceSpec.for_replica`).
+
+    Example:
+        >>> from agentverify.config import load_config
+        >>> env = agent_environment(load_config(), version="v2", api_keys={})
+        >>> env["AGENT_VERSION"], env["MILVUS_URI"], env["PORT"]
+        ('v2', '${url:milvus:grpc}', '${port:http}')
+    """
+    agent = config.stack.agent
+    names = agent.variables
+    knobs = config.stack.version_knobs(version)
+    model = config.model
+    env: dict[str, str] = {}
+
+    def give(key: str, value: str | None) -> None:
+        name = getattr(names, key)
+        if name and value is not None:
+            env[name] = value
+
+    give("environment", config.environment)
+    give("config", "${confdir}/config.yaml")
+    give("version", version)
+    # the knobs of the reference agent's broken-on-purpose versions (others ignore them)
+    env.update({"AGENT_FAIL_HEALTH": "1" if knobs.fail_health else "0",
+                "AGENT_ERROR_RATE": str(knobs.error_rate),
+                "AGENT_LATENCY_MS": str(knobs.latency_ms),
+                "AGENT_HEALTH_IGNORE": ",".join(knobs.health_ignores),
+                "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0"})
+    # the seed's required variables (validated by the deploy rehearsal), and the URI form
+    give("milvus_host", "${host:milvus}")
+    give("milvus_port", "${port:milvus:grpc}")
+    give("milvus_uri", "${url:milvus:grpc}")
+    give("redis_url", "redis://${addr:redis}/0")
+    give("openai_base_url", model.base_url or "${url:llm}/v1")
+    give("openai_backup_base_url", model.backup.base_url or "${url:llm}/v1")
+    give("model", model.model_name)
+    give("host", "${bind}")
+    give("port", "${port:http}")
+    give("log_file", "${datadir}/agent.log")
+    values = {"version": version}
+    env.update({k: expand_user_template(v, values) for k, v in agent.env.items()})
+    env.update({k: expand_user_template(v, values) for k, v in knobs.env.items()})
+    env.update(agent_keys(config, api_keys))
+    return env
+
+
+def agent_keys(config: Config, api_keys: Mapping[str, str]) -> dict[str, str]:
+    """The API-key variables the agent gets: each key under its own name
+    (``model.api_key_env`` ...) and under the names ``stack.agent.variables`` gives —
+    ``openai_api_key`` carries the key of the model in use, so an agent that reads one
+    fixed name follows a switch to the backup model."""
+    out = dict(api_keys)
+    names = config.stack.agent.variables
+    for var, source in ((names.openai_api_key, config.model.api_key_env),
+                        (names.openai_backup_api_key, config.model.backup.api_key_env)):
+        if var and source in api_keys:
+            out[var] = api_keys[source]
+    return out
+
+
+def required_variables(config: Config) -> list[str]:
+    """What the seed's deploy validates the agent's environment for: the API key, the
+    vector store (``MILVUS_HOST``, else ``MILVUS_URI``) and the cache, by this agent's
+    names."""
+    names = config.stack.agent.variables
+    milvus = names.milvus_host or names.milvus_uri
+    return [n for n in (names.openai_api_key or config.model.api_key_env, milvus,
+                        names.redis_url) if n]
+
+
+def _agent_command(config: Config, version: str) -> tuple[str, ...]:
+    agent = config.stack.agent
+    if agent.command is not None:
+        return tuple(expand_user_template(a, {"version": version}) for a in agent.command)
+    return ("${python}", "-m", "uvicorn", agent.app,
+            "--host", "${bind}", "--port", "${port:http}",
+            "--workers", str(agent.workers),
+            "--no-access-log", "--timeout-graceful-shutdown", "10",
+            "--log-level", "warning")
 
 
 def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) -> ServiceSpec:
     """The agent service at one version (the Stack makes one instance per replica)."""
     knobs = config.stack.version_knobs(version)
     agent = config.stack.agent
-    env = {
-        "ENVIRONMENT": config.environment,
-        "AGENT_CONFIG": "${confdir}/config.yaml",
-        "AGENT_VERSION": version,
-        "AGENT_FAIL_HEALTH": "1" if knobs.fail_health else "0",
-        "AGENT_ERROR_RATE": str(knobs.error_rate),
-        "AGENT_LATENCY_MS": str(knobs.latency_ms),
-        "AGENT_HEALTH_IGNORE": ",".join(knobs.health_ignores),
-        "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0",
-        # the seed's required variables (validated by the deploy rehearsal)
-        "MILVUS_HOST": "${host:milvus}",
-        "MILVUS_PORT": "${port:milvus:grpc}",
-        "REDIS_URL": "redis://${addr:redis}/0",
-        "OPENAI_BASE_URL": config.model.base_url or "${url:llm}/v1",
-        **agent.env,
-        **api_key_env,
-    }
-    image = knobs.image or _image(config, "agent")
+    keys = agent_keys(config, api_key_env)
     return ServiceSpec(
         name="agent",
         role=ROLE_AGENT,
-        image=image,
-        command=(
-            "${python}", "-m", "uvicorn", agent.app,
-            "--host", "${bind}", "--port", "${port:http}",
-            "--workers", str(agent.workers),
-            "--no-access-log", "--timeout-graceful-shutdown", "10",
-            "--log-level", "warning",
-        ),
+        image=knobs.image or _image(config, "agent"),
+        command=_agent_command(config, version),
         ports=(Port("http", agent.port),),
-        env=env,
-        health=HttpWaitStrategy("http", agent.health_path).with_timeout(config.stack.start_timeout),
+        env=agent_environment(config, version=version, api_keys=api_key_env),
+        health=HttpWaitStrategy("http", agent.contract.health_path).with_timeout(
+            config.stack.start_timeout),
         # not on the ingest job: replicas start while the knowledge is loaded (their
         # health check waits for the collection), and the load balancer waits for both
         depends_on=("redis", "milvus", "llm",
                     *(("toxiproxy",) if config.stack.faults.enabled else ())),
         replicas=config.stack.replicas,
         files={"config.yaml": agent_config_yaml(config)},
-        secret_env=frozenset(api_key_env),
+        secret_env=frozenset(keys),
         requires={},
         stop_grace=15.0,
         cpus=config.stack.resources.limits.cpus,
@@ -272,6 +371,36 @@ def agent_spec(config: Config, *, version: str, api_key_env: Mapping[str, str]) 
         cpu_reservation=config.stack.resources.reservations.cpus,
         memory_reservation=config.stack.resources.reservations.memory,
         version=version,
+        replica_env=(agent.variables.replica,) if agent.variables.replica else (),
+    )
+
+
+def ingest_spec(config: Config, *, api_keys: Mapping[str, str]) -> ServiceSpec:
+    """The one-shot job that loads ``stack.knowledge_dir`` into Milvus: the agent's own
+    (``stack.agent.ingest``, run with the agent's image and variables) or ours."""
+    agent = config.stack.agent
+    files = {"config.yaml": agent_config_yaml(config), **_knowledge_files(config)}
+    if agent.ingest is not None:
+        version = config.stack.version
+        env = agent_environment(config, version=version, api_keys=api_keys)
+        for key in ("host", "port", "log_file"):  # a job listens on nothing, logs no request
+            env.pop(getattr(agent.variables, key) or "", None)
+        knobs = config.stack.version_knobs(version)
+        return ServiceSpec(
+            name="ingest", role=ROLE_JOB, kind="job",
+            image=config.stack.images.get("ingest") or knobs.image or _image(config, "agent"),
+            command=tuple(expand_user_template(a, {"version": version}) for a in agent.ingest),
+            env=env, secret_env=frozenset(agent_keys(config, api_keys)),
+            depends_on=("redis", "milvus", "llm"), files=files)
+    ingest_key = {config.model.api_key_env: api_keys[config.model.api_key_env]}
+    return ServiceSpec(
+        name="ingest", role=ROLE_JOB, kind="job", image=_image(config, "ingest"),
+        command=("${python}", "-m", "agentverify.reference_agent.ingest",
+                 "--config", "${confdir}/config.yaml", "--knowledge", "${confdir}/knowledge"),
+        env={"OPENAI_BASE_URL": config.model.base_url or "${url:llm}/v1", **ingest_key},
+        secret_env=frozenset(ingest_key),
+        depends_on=("milvus", "llm"),
+        files=files,
     )
 
 
@@ -339,7 +468,6 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
         backend: the backend it will run on (which fault proxy exists there).
     """
     start_timeout = config.stack.start_timeout
-    ingest_key = {config.model.api_key_env: api_keys[config.model.api_key_env]}
     llm = ServiceSpec(
         name="llm", role=ROLE_LLM, image=_image(config, "llm"),
         command=("${python}", "-m", "uvicorn", "agentverify.llm_stub.app:app",
@@ -369,15 +497,7 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
         health=PortWaitStrategy("grpc").with_timeout(start_timeout),
         persistent=True,
     )
-    ingest = ServiceSpec(
-        name="ingest", role=ROLE_JOB, kind="job", image=_image(config, "ingest"),
-        command=("${python}", "-m", "agentverify.reference_agent.ingest",
-                 "--config", "${confdir}/config.yaml", "--knowledge", "${confdir}/knowledge"),
-        env={"OPENAI_BASE_URL": config.model.base_url or "${url:llm}/v1", **ingest_key},
-        secret_env=frozenset(ingest_key),
-        depends_on=("milvus", "llm"),
-        files={"config.yaml": agent_config_yaml(config), **_knowledge_files(config)},
-    )
+    ingest = ingest_spec(config, api_keys=api_keys)
     agent = agent_spec(config, version=config.stack.version, api_key_env=api_keys)
     lb = ServiceSpec(
         name="lb", role=ROLE_LB, image=_image(config, "lb"),

@@ -85,7 +85,8 @@ class Replica:
 
 @dataclass
 class StepTiming:
-    """Timing of one replica's replacement during a rollout."""
+    """Timing of one replica's replacement during a rollout, and how the old one ended
+    (``exit_code`` None: not known; see :attr:`ServiceStatus.stopped_cleanly`)."""
 
     instance: str
     from_version: str
@@ -93,6 +94,8 @@ class StepTiming:
     healthy_s: float
     switched_s: float
     stopped_s: float
+    exit_code: int | None = None
+    stopped_cleanly: bool = True
 
 
 @dataclass
@@ -108,6 +111,12 @@ class Rollout:
     @property
     def completed(self) -> bool:
         return self.failure is None
+
+    @property
+    def unclean_stops(self) -> list[StepTiming]:
+        """Replaced replicas that did not end cleanly on the stop signal (killed after
+        the grace period, or crashed); ending *by* SIGTERM is clean."""
+        return [step for step in self.steps if not step.stopped_cleanly]
 
 
 @dataclass
@@ -161,6 +170,12 @@ class Stack:
         self.waits: dict[str, float] = {}
         #: every instance start: [instance, role, started unix, ready unix or None]
         self.start_log: list[list[Any]] = []
+        #: ``(config, version) -> ServiceSpec``: how :meth:`reconfigure_agents` makes the
+        #: agent from a changed config (set by :meth:`from_config`)
+        self._agent_spec_for: Callable[[Any, str], ServiceSpec] | None = None
+        #: the config the agent replicas run with (differs from ``config`` after
+        #: :meth:`reconfigure_agents`)
+        self.agent_config: Any = config
 
     # ------------------------------------------------------------------ construction
 
@@ -182,9 +197,14 @@ class Stack:
         spec = build_stack_spec(config, api_keys=keys, backend=be.name)
         if only:
             spec = spec.subset(only)
-        return cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
-                   config=config,
-                   agent_factory=lambda v: agent_spec(config, version=v, api_key_env=keys))
+
+        def spec_for(cfg: Any, version: str) -> ServiceSpec:
+            return agent_spec(cfg, version=version, api_key_env=keys)
+
+        stack = cls(spec, be, progress=progress, redactor=redactor, state_dir=state_dir,
+                    config=config, agent_factory=lambda v: spec_for(config, v))
+        stack._agent_spec_for = spec_for
+        return stack
 
     # ------------------------------------------------------------------ context manager
 
@@ -467,7 +487,7 @@ class Stack:
         with cf.ThreadPoolExecutor(max_workers=max(1, len(slots)),
                                    thread_name_prefix="agentverify-replica") as pool:
             futs = {slot: pool.submit(self._start_instance,
-                                      svc.with_env(AGENT_REPLICA=f"agent-{slot}"),
+                                      svc.for_replica(f"agent-{slot}"),
                                       f"agent-{slot}")
                     for slot in slots}
             errors = []
@@ -598,7 +618,7 @@ class Stack:
         there on another replica (each runs twice). It exists to prove the gate on
         ``retried_requests``; never use it to deploy.
         """
-        svc = self._agent_spec(version).with_env(AGENT_REPLICA=replica.instance)
+        svc = self._agent_spec(version).for_replica(replica.instance)
         t0 = time.monotonic()
         try:
             handle = self._start_instance(svc, replica.instance,
@@ -621,10 +641,13 @@ class Stack:
         if drain:
             self._drain()
             self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
+        self.backend.stop(replica.handle)
+        ended = self.backend.status(replica.handle)
         self._retire(replica.handle)
         self.progress(ProgressEvent(replica.handle.name, "stopped"))
         new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
-                                  switched - t0, time.monotonic() - t0)
+                                  switched - t0, time.monotonic() - t0,
+                                  exit_code=ended.exit_code, stopped_cleanly=ended.stopped_cleanly)
         return new
 
     def _discard_failed(self, instance: str, generation: int) -> None:
@@ -655,7 +678,7 @@ class Stack:
         with cf.ThreadPoolExecutor(max_workers=max(1, len(current)),
                                    thread_name_prefix="agentverify-standby") as pool:
             futs = [(r, pool.submit(self._start_instance,
-                                    svc.with_env(AGENT_REPLICA=r.instance), r.instance,
+                                    svc.for_replica(r.instance), r.instance,
                                     r.handle.generation + 1)) for r in current]
             for r, fut in futs:
                 try:
@@ -696,21 +719,21 @@ class Stack:
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
                        after_each: Callable[[Replica], str | None] | None = None,
-                       drain: bool = True, every: bool = False) -> Rollout:
+                       drain: bool = True, force: bool = False) -> Rollout:
         """Replace replicas one at a time with ``version`` (the seed's rolling deploy).
 
-        The one rollout loop of agentverify: rollbacks, rolling restarts and the
-        ``rolling_update`` step use it too. After each replaced replica ``after_each(new)``
-        may return a reason to stop (e.g. it answered errors while baking). A replica that
-        does not become healthy also stops the rollout; either way replicas already moved
-        stay on ``version`` and the caller decides to roll back. ``every``: replace
-        replicas already on ``version`` too (a rolling restart); ``drain``: see
-        :meth:`replace_replica`.
+        The one rollout loop of agentverify: rollbacks, restarts, reconfiguration and the
+        ``rolling_update`` step use it too. After each replaced replica
+        ``after_each(new)`` may return a reason to stop (e.g. it answered errors while
+        baking). A replica that does not become healthy also stops the rollout; either
+        way replicas already moved stay on ``version`` and the caller decides to roll
+        back. ``force`` replaces replicas already on ``version`` too (a rolling restart);
+        ``drain``: see :meth:`replace_replica`.
         """
         rollout = Rollout(version=version, from_version=self.current_version)
         t0 = time.monotonic()
         for replica in self.replicas:
-            if replica.version == version and not every:
+            if replica.version == version and not force:
                 continue
             try:
                 new = self.replace_replica(replica, version, health_timeout=health_timeout,
@@ -727,6 +750,39 @@ class Stack:
                 break
         rollout.seconds = time.monotonic() - t0
         return rollout
+
+    # ------------------------------------------------------------------ agent configuration
+
+    def reconfigure_agents(self, config: Any, *, version: str | None = None,
+                           health_timeout: float | None = None) -> Rollout:
+        """Restart every replica, one at a time, with the agent made from ``config`` (a
+        changed copy of the stack's config: another rate limit, the backup model ...):
+        the seed's "change config.yaml, restart the service", drained in nginx replica by
+        replica through :meth:`rolling_update`. ``version`` (default: the current one)
+        moves the replicas to another version in the same pass.
+
+        The replicas run with ``config`` from now on (:attr:`agent_config`), also when a
+        replica fails to start on it (the rollout stops there; the caller decides).
+
+        Raises:
+            StackError: this stack was not made by :meth:`from_config`.
+        """
+        spec_for = self._agent_spec_for
+        if spec_for is None:
+            raise StackError("this stack cannot change its agent's configuration (it was "
+                             "not made from a config)")
+        with self._lock:
+            self.agent_factory = lambda v: spec_for(config, v)
+            self._agent_specs.clear()
+            self.agent_config = config
+        return self.rolling_update(version or self.current_version, force=True,
+                                   health_timeout=health_timeout)
+
+    def restart_agents(self, *, health_timeout: float | None = None) -> Rollout:
+        """Restart every replica one at a time on what it runs (the seed's rolling
+        ``restart``)."""
+        return self.rolling_update(self.current_version, force=True,
+                                   health_timeout=health_timeout)
 
     def rollback(self, version: str) -> Rollout:
         """Bring every replica back to ``version``, one at a time.
@@ -765,12 +821,6 @@ class Stack:
                 if self._routes is not None:
                     self._routes.forget_slot(r.instance)
         return time.monotonic() - t0
-
-    def restart_agents(self, *, health_timeout: float | None = None) -> Rollout:
-        """Restart every replica one at a time, drained, at its current version (the
-        seed's ``Operations.restart``): a new instance of each replaces the old."""
-        return self.rolling_update(self.current_version, health_timeout=health_timeout,
-                                   every=True)
 
     def kill(self, name: str) -> Handle:
         """SIGKILL one instance (``agent-1``, ``redis`` ...), as a crash would.

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ __all__ = [
 ]
 
 
+#: exit statuses of a process that ended because it was asked to: 0, or ended *by* SIGTERM
+#: (uvicorn and many servers re-raise it after a graceful shutdown): -15 from a parent's
+#: wait(), 143 (128 + 15) from a shell or a container's init
+CLEAN_EXIT_CODES = frozenset({0, -signal.SIGTERM, 128 + signal.SIGTERM})
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
     """What a backend knows about one running instance."""
@@ -41,6 +48,17 @@ class ServiceStatus:
     running: bool
     exit_code: int | None = None
     detail: str = ""
+
+    @property
+    def stopped_cleanly(self) -> bool:
+        """True unless it ended otherwise than by request (killed after its grace period,
+        crashed); an unknown exit status counts as clean.
+
+        Example:
+            >>> ServiceStatus(False, 143).stopped_cleanly, ServiceStatus(False, -9).stopped_cleanly
+            (True, False)
+        """
+        return self.running or self.exit_code is None or self.exit_code in CLEAN_EXIT_CODES
 
     def __str__(self) -> str:
         if self.running:

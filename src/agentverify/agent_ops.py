@@ -1,0 +1,302 @@
+"""The operations an SRE does to a running agent fleet: rate limit, clear the cache,
+switch to the backup LLM.
+
+The emergency runbooks and the rehearsal steps call exactly these. Each works on any
+agent: through the agent's admin endpoints when its contract names them
+(``stack.agent.contract.admin``; the reference agent has all three), else the way the
+seed does it:
+
+================  ===============================  ========================================
+operation         admin endpoint (reference API)   without one
+================  ===============================  ========================================
+``rate_limit``    ``POST {enabled, requests_per_   ``rate_limit.*`` changed in the agent's
+                  second, burst}``; every replica  config.yaml, replicas restarted one at a
+                  must report it on ``GET``        time (drained in nginx)
+``clear_cache``   ``POST`` -> ``{"deleted": n}``   the Redis keys matching
+                                                   ``contract.cache_keys`` are deleted
+                                                   (nothing else: rate-limit buckets stay)
+``switch_llm``    ``POST {"use": "primary" |       ``model.model_name``, ``base_url`` and
+                  "backup"}``; every replica must  ``api_key_env`` set to the backup's (or
+                  report it on ``GET``             back to the primary's) in config.yaml,
+                                                   and the model / base-URL / key
+                                                   variables with them; rolling restart
+================  ===============================  ========================================
+
+:func:`reconfigure` is the seed's way itself, for any key of the agent's config.yaml (the
+seed's ``update_model``: ``reconfigure(stack, {"model.model_name": "gpt-4o"})``).
+
+Each returns an :class:`AgentOpResult`: what it did, how (``admin``, ``restart`` or
+``redis``), how long it took, and the state before it (so a caller can put it back).
+A restart that fails on a replica is put back on the previous configuration and the
+operation raises :class:`~agentverify.errors.AgentOpError` naming the replica.
+
+Example:
+    >>> done = rate_limit(stack, requests_per_second=5, burst=5)       # doctest: +SKIP
+    >>> done.method, round(done.seconds, 1), done.previous             # doctest: +SKIP
+    ('restart', 9.8, {'enabled': False, 'requests_per_second': 10.0, 'burst': 20})
+    >>> rate_limit(stack, **done.previous)                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from agentverify import _http
+from agentverify.contract import AgentContract, quote
+from agentverify.errors import AgentOpError
+
+__all__ = ["AgentOpResult", "clear_cache", "current_llm", "current_rate_limit", "rate_limit",
+           "reconfigure", "switch_llm"]
+
+#: seconds every replica gets to report an admin change (the reference caches ~1 s)
+SETTLE_TIMEOUT_S = 10.0
+_RATE_KEYS = ("enabled", "requests_per_second", "burst")
+
+
+@dataclass(frozen=True)
+class AgentOpResult:
+    """What one agent operation did.
+
+    Attributes:
+        operation: ``rate_limit``, ``clear_cache`` or ``switch_llm``.
+        method: ``admin`` (the agent's endpoint), ``restart`` (config.yaml changed and a
+            rolling restart) or ``redis`` (the cache keys deleted directly); ``none``
+            when the fleet was already in the wanted state.
+        detail: One line saying what was done.
+        seconds: How long it took, until every replica follows it.
+        previous: The state before, in the operation's own arguments (``rate_limit(
+            stack, **previous)`` and ``switch_llm(stack, previous["use"])`` put it back).
+        replicas_restarted: How many replicas a rolling restart replaced.
+        deleted: Cache keys deleted (``clear_cache``).
+    """
+
+    operation: str
+    method: str
+    detail: str
+    seconds: float
+    previous: dict[str, Any] = field(default_factory=dict)
+    replicas_restarted: int = 0
+    deleted: int | None = None
+
+    def line(self) -> str:
+        return f"{self.operation} ({self.method}, {self.seconds:.2f}s): {self.detail}"
+
+
+def _contract(stack: Any) -> AgentContract:
+    return AgentContract.from_config(stack.config)
+
+
+def _admin(stack: Any, method: str, path: str, body: Any = None) -> Any:
+    url = stack.lb_url + path
+    try:
+        resp = _http.client().request(method, url, json=body, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise AgentOpError(f"{method} {path} on the agent: {type(exc).__name__}: {exc}") from exc
+    if resp.status_code != 200:
+        raise AgentOpError(f"{method} {path} answered {resp.status_code}: {quote(resp.text, 200)!r} "
+                           f"(stack.agent.contract.admin; null if the agent has no such endpoint)")
+    try:
+        return resp.json()
+    except ValueError:
+        raise AgentOpError(f"{method} {path} answered a non-JSON body: "
+                           f"{quote(resp.text, 200)!r}") from None
+
+
+def _wait_replicas_report(stack: Any, path: str, want: dict[str, Any],
+                          timeout: float) -> None:
+    """Every replica reports ``want`` on ``GET path`` (each may cache its settings)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen: dict[str, Any] = {}
+        for replica in stack.replicas:
+            try:
+                seen[replica.instance] = _http.client().get(replica.url + path,
+                                                            timeout=5.0).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                seen[replica.instance] = f"{type(exc).__name__}: {exc}"
+        if all(isinstance(v, dict) and all(v.get(k) == w for k, w in want.items())
+               for v in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AgentOpError(f"{want} did not reach every replica within {timeout:g}s; "
+                               f"replicas report {seen}")
+        time.sleep(0.2)
+
+
+def _reconfigure(stack: Any, operation: str, overrides: dict[str, Any],
+                 detail: str) -> tuple[int, float]:
+    """The agent's config.yaml changed by ``overrides`` and a rolling restart; on a
+    replica that fails, the fleet goes back to the previous config and this raises."""
+    from agentverify.config import with_overrides
+
+    before = stack.agent_config
+    changed = with_overrides(before, overrides, source=f"agent_ops.{operation}")
+    t0 = time.monotonic()
+    rollout = stack.reconfigure_agents(changed)
+    if rollout.failure:
+        back = stack.reconfigure_agents(before)
+        restored = "put back" if back.completed else f"NOT put back: {back.failure}"
+        raise AgentOpError(f"{operation}: {detail} failed on a rolling restart: "
+                           f"{rollout.failure} (the previous configuration was {restored})")
+    return len(rollout.steps), time.monotonic() - t0
+
+
+def reconfigure(stack: Any, overrides: dict[str, Any], *,
+                operation: str = "reconfigure") -> AgentOpResult:
+    """Change keys of the agent's config.yaml (dotted, as ``--set`` takes them) and
+    restart the replicas one at a time; ``previous`` holds the old values.
+
+    Raises:
+        ConfigError: a key or value is not valid config.
+        AgentOpError: a replica did not restart on it (the fleet is put back).
+    """
+    t0 = time.monotonic()
+    before = stack.agent_config.model_dump()
+    previous: dict[str, Any] = {}
+    for key in overrides:
+        node: Any = before
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        previous[key] = node
+    described = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    restarted, _ = _reconfigure(stack, operation, dict(overrides), described)
+    return AgentOpResult(operation, "restart",
+                         f"{described} in config.yaml, {restarted} replica(s) restarted one "
+                         f"at a time", time.monotonic() - t0, previous,
+                         replicas_restarted=restarted)
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+def current_rate_limit(stack: Any) -> dict[str, Any]:
+    """``{"enabled", "requests_per_second", "burst"}`` the fleet applies now."""
+    path = _contract(stack).admin.rate_limit
+    if path:
+        state = _admin(stack, "GET", path)
+        return {k: state[k] for k in _RATE_KEYS if k in state}
+    section = stack.agent_config.rate_limit
+    return {k: getattr(section, k) for k in _RATE_KEYS}
+
+
+def rate_limit(stack: Any, *, requests_per_second: float, burst: int, enabled: bool = True,
+               settle_timeout_s: float = SETTLE_TIMEOUT_S) -> AgentOpResult:
+    """Set the per-client rate limit of the whole fleet (``enabled: false`` lifts it).
+
+    Raises:
+        AgentOpError: the admin endpoint failed, a replica did not follow, or a replica
+            did not restart on the new configuration.
+    """
+    t0 = time.monotonic()
+    want = {"enabled": enabled, "requests_per_second": float(requests_per_second),
+            "burst": int(burst)}
+    previous = current_rate_limit(stack)
+    described = (f"{want['requests_per_second']:g}/s, burst {want['burst']}" if enabled
+                 else "off")
+    path = _contract(stack).admin.rate_limit
+    if path:
+        _admin(stack, "POST", path, want)
+        _wait_replicas_report(stack, path, want, settle_timeout_s)
+        return AgentOpResult("rate_limit", "admin", f"POST {path}: rate limit {described}",
+                             time.monotonic() - t0, previous)
+    if {k: previous.get(k) for k in _RATE_KEYS} == want:
+        return AgentOpResult("rate_limit", "none", f"rate limit already {described}",
+                             time.monotonic() - t0, previous)
+    restarted, _ = _reconfigure(stack, "rate_limit",
+                                {f"rate_limit.{k}": v for k, v in want.items()},
+                                f"rate limit {described}")
+    return AgentOpResult("rate_limit", "restart",
+                         f"rate_limit {described} in config.yaml, {restarted} replica(s) "
+                         f"restarted one at a time", time.monotonic() - t0, previous,
+                         replicas_restarted=restarted)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def clear_cache(stack: Any) -> AgentOpResult:
+    """Delete every cached answer of the fleet (and nothing else).
+
+    Raises:
+        AgentOpError: the admin endpoint failed, or Redis could not be reached.
+    """
+    t0 = time.monotonic()
+    contract = _contract(stack)
+    path = contract.admin.clear_cache
+    if path:
+        answer = _admin(stack, "POST", path)
+        deleted = int(answer.get("deleted", 0)) if isinstance(answer, dict) else 0
+        return AgentOpResult("clear_cache", "admin", f"POST {path}: {deleted} key(s) deleted",
+                             time.monotonic() - t0, deleted=deleted)
+    import redis
+
+    from agentverify.backup import service_name
+
+    url = str(stack.service(service_name(stack, "cache")).url()) + "/0"
+    deleted = 0
+    try:
+        with redis.Redis.from_url(url) as client:
+            for pattern in contract.cache_keys:
+                batch: list[bytes] = []
+                for key in client.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        deleted += int(client.unlink(*batch))
+                        batch = []
+                if batch:
+                    deleted += int(client.unlink(*batch))
+    except redis.RedisError as exc:
+        raise AgentOpError(f"clear_cache: Redis at {url}: {exc}") from exc
+    return AgentOpResult("clear_cache", "redis",
+                         f"{deleted} key(s) matching {', '.join(contract.cache_keys)} deleted",
+                         time.monotonic() - t0, deleted=deleted)
+
+
+# --------------------------------------------------------------------------- LLM
+
+
+def current_llm(stack: Any) -> str:
+    """``primary`` or ``backup``: which LLM API the fleet uses now."""
+    path = _contract(stack).admin.switch_llm
+    if path:
+        return str(_admin(stack, "GET", path).get("use", "primary"))
+    model, backup = stack.agent_config.model, stack.config.model.backup
+    on_backup = (model.model_name, model.api_key_env, model.base_url) == (
+        backup.model_name, backup.api_key_env, backup.base_url)
+    return "backup" if on_backup and model != stack.config.model else "primary"
+
+
+def switch_llm(stack: Any, use: Literal["primary", "backup"], *,
+               settle_timeout_s: float = SETTLE_TIMEOUT_S) -> AgentOpResult:
+    """Make every replica use the primary or the backup LLM API (``model.backup``).
+
+    Raises:
+        AgentOpError: ``use`` is neither, the admin endpoint failed, a replica did not
+            follow, or a replica did not restart on the new configuration.
+    """
+    if use not in ("primary", "backup"):
+        raise AgentOpError(f"switch_llm: expected primary or backup, got {use!r}")
+    t0 = time.monotonic()
+    previous = {"use": current_llm(stack)}
+    path = _contract(stack).admin.switch_llm
+    if path:
+        _admin(stack, "POST", path, {"use": use})
+        _wait_replicas_report(stack, path, {"use": use}, settle_timeout_s)
+        return AgentOpResult("switch_llm", "admin", f"POST {path}: now on the {use} LLM API",
+                             time.monotonic() - t0, previous)
+    if previous["use"] == use:
+        return AgentOpResult("switch_llm", "none", f"already on the {use} LLM API",
+                             time.monotonic() - t0, previous)
+    baseline = stack.config.model
+    target = baseline.backup if use == "backup" else baseline
+    overrides = {"model.model_name": target.model_name, "model.provider": target.provider,
+                 "model.base_url": target.base_url, "model.api_key_env": target.api_key_env}
+    restarted, _ = _reconfigure(stack, "switch_llm", overrides, f"switch to {use}")
+    return AgentOpResult("switch_llm", "restart",
+                         f"model.model_name {target.model_name} (the {use}) in config.yaml, "
+                         f"{restarted} replica(s) restarted one at a time",
+                         time.monotonic() - t0, previous, replicas_restarted=restarted)
