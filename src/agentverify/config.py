@@ -306,17 +306,19 @@ class KnownAnswer(_Section):
     """A question whose answer must cite a given document of the knowledge base."""
 
     question: str = Field(..., min_length=1)
-    source: str = Field(..., min_length=1, description="title (or file name) of the document")
+    source: str = Field(..., min_length=1, description="the document's title as the reply "
+                                                       "names it (contract reply.source_title)")
 
 
 def _default_known_answers() -> list[KnownAnswer]:
-    # questions of fixtures/knowledge/ whose best passage comes from one known document
+    # questions of fixtures/knowledge/ whose answers cite one known document
     return [
-        KnownAnswer(question="How do I reset my password?", source="password-reset.md"),
+        KnownAnswer(question="How do I reset my password?",
+                    source="Resetting Your Nimbus Cloud Password"),
         KnownAnswer(question="Which regions can I deploy to, and what latency should I expect?",
-                    source="regions-latency.md"),
+                    source="Hosting Regions, Data Residency and Latency"),
         KnownAnswer(question="How do I set up single sign-on with SAML or OIDC?",
-                    source="sso-setup.md"),
+                    source="Setting Up Single Sign-On (SAML and OIDC)"),
     ]
 
 

@@ -239,9 +239,11 @@ class RestoreParams(StepParams):
     archive: str | None = Field(None, description="default: the one the backup step wrote")
     target: Literal["fresh", "live"] = Field(
         "fresh", description="fresh: a new stack of its own; live: the scenario's stack")
-    fresh: Literal["data", "whole"] = Field(
-        "data", description="data: the fresh stack is Redis and Milvus only (what a restore "
-                            "fills and the comparison reads); whole: every service")
+    fresh: Literal["serving", "data", "whole"] = Field(
+        "serving", description="the fresh stack: serving = data stores, LLM, agents and nginx "
+                               "(the known answers are asked of it), without monitoring or "
+                               "the fault proxy; data = Redis and Milvus only (no known "
+                               "answers); whole = every service")
     replicas: int = Field(1, ge=1, le=32, description="agent replicas of a whole fresh stack")
     batch_size: int = Field(512, ge=1, le=100_000)
     ttl_slack_s: float = Field(2.0, ge=0.0)
@@ -268,12 +270,16 @@ def restore_verify(ctx: ScenarioContext, params: RestoreParams) -> dict[str, Any
         if params.target == "live":
             return _restore_and_compare(ctx, ctx.stack, opened, params, 0.0)
         t0 = time.monotonic()
-        only = ("redis", "milvus") if params.fresh == "data" else None
-        with ctx.new_stack(only=only, **{"stack.replicas": params.replicas}) as fresh:
+        only = {"serving": ("lb",), "data": ("redis", "milvus"), "whole": None}[params.fresh]
+        overrides: dict[str, Any] = {"stack.replicas": params.replicas}
+        if params.fresh == "serving":
+            overrides["stack.faults.enabled"] = False
+        with ctx.new_stack(only=only, **overrides) as fresh:
             up = time.monotonic() - t0
             ctx.say(f"  fresh stack up in {up:.1f}s")
             facts = _restore_and_compare(ctx, fresh, opened, params, up)
-            facts.update(_known_answers(ctx, fresh, params.known_answers))
+            if params.fresh != "data":
+                facts.update(_known_answers(ctx, fresh, params.known_answers))
             return facts
 
 

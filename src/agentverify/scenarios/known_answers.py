@@ -7,13 +7,14 @@ prove a restore put everything back.
 
 Example:
     >>> check_known_answer(ctx, KnownAnswer(question="How do I reset my password?",
-    ...                                     source="password-reset.md"))  # doctest: +SKIP
+    ...                                     source="Resetting Your Nimbus Cloud Password"))
+    ... # doctest: +SKIP
     None
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -24,34 +25,22 @@ if TYPE_CHECKING:
 __all__ = ["check_known_answer", "check_known_answers"]
 
 
-def _cited(sources: list[Any]) -> list[str]:
-    names = []
-    for s in sources:
-        if isinstance(s, dict):
-            names += [str(s[k]) for k in ("title", "source") if s.get(k)]
-        else:
-            names.append(str(s))
-    return names
-
-
-def check_known_answer(ctx: ScenarioContext, known: KnownAnswer, *,
-                       timeout: float = 10.0) -> str | None:
-    """Ask one known question through the load balancer; ``None`` when the answer cites
-    the expected document, else one line saying what came back instead."""
+def check_known_answer(ctx: ScenarioContext, known: KnownAnswer) -> str | None:
+    """Ask one known question through the load balancer (the agent's contract); ``None``
+    when the answer cites the expected document, else one line saying what came back."""
     try:
-        resp = ctx.http.post("/chat", json={"message": known.question}, timeout=timeout)
+        reply = ctx.contract.ask(ctx.http, known.question, strict=False)
     except httpx.HTTPError as exc:
         return f"{known.question!r}: {type(exc).__name__}: {exc}"
-    if resp.status_code != 200:
-        return f"{known.question!r}: HTTP {resp.status_code} {resp.text[:120]}"
-    try:
-        cited = _cited(resp.json().get("sources") or [])
-    except ValueError:
-        return f"{known.question!r}: the reply is not JSON: {resp.text[:120]!r}"
+    if not reply.ok:
+        return f"{known.question!r}: {reply.describe()}"
+    if reply.sources is None:
+        return f"{known.question!r}: the reply names no sources (contract reply.sources)"
     wanted = known.source.lower()
-    if any(c.lower() == wanted for c in cited):
+    if any(c.lower() == wanted for c in reply.sources):
         return None
-    return f"{known.question!r}: expected a source {known.source!r}, got {cited or 'none'}"
+    return (f"{known.question!r}: expected a source {known.source!r}, got "
+            f"{list(reply.sources) or 'none'}")
 
 
 def check_known_answers(ctx: ScenarioContext) -> list[str]:
