@@ -70,7 +70,7 @@ def test_a_faulty_rollout_fails_its_gate_with_the_measured_figures(
         name: must-complete
         steps:
           - probe_start: {rps: 25}
-          - rolling_update: {version: v3-unhealthy, health_timeout_s: 10}
+          - rolling_update: {version: v3-unhealthy, health_timeout_s: 6}
           - probe_stop: {}
         expect:
           rollout_completed: "== true"
