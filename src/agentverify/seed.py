@@ -30,6 +30,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "AlertRulesSection",
+    "AlertmanagerSection",
     "BackupModelSection",
     "CacheSection",
     "CostSection",
@@ -41,6 +43,7 @@ __all__ = [
     "SeedConfig",
     "Section",
     "VectorStoreSection",
+    "duration_seconds",
     "known_keys",
 ]
 
@@ -106,21 +109,83 @@ class CacheSection(Section):
     ttl: int = Field(3600, ge=1)
 
 
+def _check_duration(v: str) -> str:
+    if not _DURATION.match(v):
+        raise ValueError("expected a Prometheus duration such as '1s' or '15s'")
+    return v
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds of a Prometheus duration (``"500ms"``, ``"15s"``, ``"5m"``, ``"1h"``).
+
+    Example:
+        >>> duration_seconds("5m"), duration_seconds("500ms")
+        (300.0, 0.5)
+    """
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit):
+            return float(duration[: -len(unit)]) * units[unit]
+    return float(duration)
+
+
+class AlertRulesSection(Section):
+    """How the shipped alert rules are rendered: their rate window, how long a condition
+    must hold before it fires, and thresholds (``None``: the environment's ``slo:``).
+
+    Defaults are a production's; a rehearsal's overlays shorten ``window`` and ``for``.
+    """
+
+    # `for` is Prometheus' word (a Python keyword): the field is for_, read and written as for
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, serialize_by_alias=True)
+
+    window: str = Field("5m", description="rate() window of the alert expressions")
+    for_: str | None = Field(None, alias="for", description="how long a condition holds "
+                             "before the alert fires; None: twice the evaluation interval")
+    error_ratio: float | None = Field(None, ge=0, le=1, description="AgentHighErrorRate "
+                                      "threshold; None: slo.error_ratio (else 0.05)")
+    p95_ms: float | None = Field(None, gt=0, description="AgentHighLatency threshold; None: "
+                                 "slo.p95_ms (else 2000)")
+    load_rps: float | None = Field(None, gt=0, description="AgentHighLoad threshold: the "
+                                   "request rate the fleet is planned for; None: 10 x "
+                                   "slo.min_rps (else 500)")
+
+    @field_validator("window", "for_")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        return None if v is None else _check_duration(v)
+
+
+class AlertmanagerSection(Section):
+    """Alertmanager's route timings (Alertmanager's own defaults: a production's)."""
+
+    group_wait: str = Field("30s", description="wait before the first notification of a "
+                                                "new group (to batch alerts)")
+    group_interval: str = Field("5m", description="wait before notifying a change to a "
+                                                   "group already notified (resolved too)")
+    repeat_interval: str = Field("4h", description="re-send a still-firing alert")
+
+    @field_validator("group_wait", "group_interval", "repeat_interval")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        return _check_duration(v)
+
+
 class MonitoringSection(Section):
-    """The seed's ``monitoring`` section, plus the cadence agentverify renders."""
+    """The seed's ``monitoring`` section, plus the cadence and alerting agentverify renders."""
 
     prometheus_port: int = Field(9090, ge=1, le=65535)
     grafana_port: int = Field(3000, ge=1, le=65535)
     alert_webhook: str | None = None
     scrape_interval: str = "15s"
     evaluation_interval: str = "15s"
+    alerts: AlertRulesSection = Field(default_factory=AlertRulesSection)
+    alertmanager: AlertmanagerSection = Field(default_factory=AlertmanagerSection)
 
     @field_validator("scrape_interval", "evaluation_interval")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if not _DURATION.match(v):
-            raise ValueError("expected a Prometheus duration such as '1s' or '15s'")
-        return v
+        return _check_duration(v)
 
 
 class RateLimitSection(Section):
