@@ -30,8 +30,8 @@ _EXPORTS = {
     "agentverify.errors": (
         "AgentVerifyError", "BackendUnavailable", "BackupRestoreError", "ConfigError",
         "DeployError", "FaultInjectionError", "LoadTestError", "RollbackError",
-        "ScenarioError", "ScenarioSchemaError", "ServiceNotReady", "ServiceStartError",
-        "StackError", "UsageError"),
+        "RunbookError", "ScenarioError", "ScenarioSchemaError", "ServiceNotReady",
+        "ServiceStartError", "StackError", "UsageError"),
     "agentverify.gates": ("Gate", "GateResult"),
     "agentverify.report.journal": ("RunJournal", "ScenarioResult", "StepResult", "TimelineEvent",
                                    "TimeSeries"),
@@ -84,6 +84,7 @@ __all__ = [
     "PortWaitStrategy",
     "Replica",
     "RollbackError",
+    "RunbookError",
     "RunJournal",
     "ScenarioError",
     "ScenarioResult",

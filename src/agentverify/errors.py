@@ -17,7 +17,8 @@ red gate or a failed test with the observed state.
     ├── ScenarioError               a rehearsal could not be carried out
     │   ├── DeployError
     │   ├── RollbackError
-    │   └── BackupRestoreError
+    │   ├── BackupRestoreError
+    │   └── RunbookError        an operation of a runbook failed (it was notified)
     ├── LoadTestError
     └── FaultInjectionError
 
@@ -40,6 +41,7 @@ __all__ = [
     "DeployError",
     "RollbackError",
     "BackupRestoreError",
+    "RunbookError",
     "LoadTestError",
     "FaultInjectionError",
 ]
@@ -101,6 +103,11 @@ class RollbackError(ScenarioError):
 
 class BackupRestoreError(ScenarioError):
     """A backup could not be written, or an archive could not be verified or restored."""
+
+
+class RunbookError(ScenarioError):
+    """An operation of a runbook failed; the message names the runbook and the operation
+    (and the team was notified of it, as the seed's ``notify_error``)."""
 
 
 class LoadTestError(AgentVerifyError):

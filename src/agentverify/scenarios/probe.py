@@ -141,11 +141,14 @@ class Probe:
         path, body: ``POST path`` with ``body`` (a repeated question: cached answers).
         timeout: per-request timeout; a request that times out counts as failed.
         keepalive: reuse connections (see the module docstring).
+        headers: sent with every request (e.g. an ``X-Client-Id`` of its own, so a
+            per-client rate limit judges the probe apart from the load).
     """
 
     def __init__(self, base_url: str, *, rps: float = 25.0, path: str = "/chat",
                  body: dict[str, Any] | None = None, timeout: float = 10.0,
-                 keepalive: bool = False, workers: int = 32, unique: bool = False) -> None:
+                 keepalive: bool = False, workers: int = 32, unique: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
         if rps <= 0:
             raise ValueError("rps must be > 0")
         self.base_url = base_url.rstrip("/")
@@ -157,6 +160,7 @@ class Probe:
         self._count = itertools.count(1)
         self.timeout = timeout
         self.keepalive = keepalive
+        self.headers = dict(headers or {})
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
         # one client for all requests (a client per request costs ~50 ms of CPU for its
         # TLS context); without keep-alive every request still opens its own connection
@@ -200,7 +204,7 @@ class Probe:
 
     def _one(self) -> None:
         t = time.monotonic()
-        headers = {} if self.keepalive else {"Connection": "close"}
+        headers = dict(self.headers) if self.keepalive else {**self.headers, "Connection": "close"}
         status: int | str
         version = replica = None
         attempts = 0
