@@ -63,8 +63,8 @@ def _kind(path: str, body: Any) -> str:
     return "webhook"
 
 
-def create_app() -> Any:
-    """The receiver's FastAPI app (records in memory, one worker)."""
+def create_app(max_records: int = MAX_RECORDS) -> Any:
+    """The receiver's FastAPI app (the last ``max_records`` in memory; one worker)."""
     import json
 
     from fastapi import FastAPI, Request
@@ -72,7 +72,7 @@ def create_app() -> Any:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
     app = FastAPI(title="agentverify receiver")
-    records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+    records: deque[dict[str, Any]] = deque(maxlen=max_records)
     state = {"seq": 0}
     registry = CollectorRegistry()
     received = Counter("agentverify_receiver_records", "Webhooks received, by kind.", ["kind"],

@@ -75,8 +75,9 @@ class AlertWatch(Poller):
             states = None
             self.errors.append(str(exc))
         try:
-            new = [n for n in self.receiver.notifications(self._since) if n.name == self.alert]
-            last = max((n.seq for n in new), default=self._since)
+            seen = self.receiver.notifications(self._since)
+            new = [n for n in seen if n.name == self.alert]
+            last = max((n.seq for n in seen), default=self._since)
         except StackError as exc:
             new, last = [], self._since
             self.errors.append(str(exc))
