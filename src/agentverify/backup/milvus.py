@@ -40,7 +40,11 @@ def connect_milvus(uri: str) -> Any:
 
     # pymilvus logs a traceback of its own for every failed call; we raise one line.
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-    return MilvusClient(uri=uri, timeout=60.0)
+    # dedicated: a connection of its own, closed with the session. pymilvus 3 shares one
+    # connection per URI across the process and revives it after 30 s idle; Milvus Lite
+    # has by then sent GOAWAY "too_many_pings" on it, and the revival fails ("Fail
+    # connecting to server"): seen when a drill backs up minutes after an earlier session.
+    return MilvusClient(uri=uri, timeout=60.0, dedicated=True)
 
 
 def milvus_error(where: str, exc: BaseException) -> BackupRestoreError:
