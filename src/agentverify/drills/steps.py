@@ -394,14 +394,13 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     if not got:
         problems.append(_not_fired(ctx, watch, rule, cause, alert_timeout, p.auto, t_cause))
         raise ScenarioError(problems[-1])
+    note = _notified(ctx, watch, t_cause, facts) if p.auto else None
     if not p.auto and p.ack_s:
-        time.sleep(p.ack_s)  # the on-call reads the page and opens the runbook
-    note = _notified(ctx, watch, t_cause, facts)
-    notified_at = note.received if note is not None else None
+        time.sleep(p.ack_s)  # the on-call sees it fire, and opens the runbook
 
     # ------------------------------------------------------------------ the runbook
     t_rb, m_rb = time.time(), time.monotonic()
-    trigger_at = notified_at if p.auto else watch.firing_at
+    trigger_at = note.received if note is not None else watch.firing_at
     facts["time_to_runbook_s"] = round(t_rb - trigger_at, 2) if trigger_at else None
     if prober is not None:
         facts["known_answers_wrong_during"] = max(
@@ -409,6 +408,8 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     try:
         runbook.run()
     finally:
+        if note is None:  # manual: the notification was on its way while the runbook ran
+            note = _notified(ctx, watch, t_cause, facts)
         facts["runbook_ok"] = runbook.ok
         facts["runbook_steps_ok"] = runbook.steps_ok
         facts["runbook_steps"] = len(runbook.plan)
@@ -476,7 +477,7 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
         facts["load_rps"] = round(result.rps, 1)
         ctx.say(f"  spike: {result.summary()}; {facts['rate_limited_429']} answered 429")
     resolved: Notification | None = watch.wait(
-        lambda w: w.notified("resolved", after=notified_at or t_cause),
+        lambda w: w.notified("resolved", after=note.received if note else t_cause),
         resolve_timeout)
     facts["resolved"] = resolved is not None
     if resolved is not None:
