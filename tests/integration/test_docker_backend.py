@@ -36,7 +36,7 @@ on_docker = pytest.mark.parametrize(
     "backend_name", [pytest.param("docker", id="docker", marks=pytest.mark.docker)],
     indirect=True)
 needs_docker = pytest.mark.docker
-SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb"}
+SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb", "toxiproxy", "receiver"}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,8 @@ def test_stack_json_has_the_same_shape_on_every_backend(stack: Stack) -> None:
     assert (data["backend"], data["env"]) == (stack.backend.name, "staging")
     assert set(data["services"]) == SERVICES | {"agent-0", "agent-1", "agent-2"}
     for name, info in data["services"].items():
-        expected = {"url", "version"} if name.startswith("agent-") else {"url"}
+        expected = {"url", "version"} if name.startswith("agent-") else \
+            {"url", "implementation"} if name == "toxiproxy" else {"url"}
         assert set(info) == expected, name
         assert info["url"].split("://")[1].startswith("127.0.0.1:"), info
     assert data["services"]["redis"]["url"].startswith("redis://")
