@@ -32,7 +32,7 @@ _EXPORTS = {
     "agentverify.errors": (
         "AgentOpError", "AgentVerifyError", "BackendUnavailable", "BackupRestoreError",
         "ConfigError", "ContractError", "DeployError", "FaultInjectionError", "LoadTestError",
-        "RollbackError", "ScenarioError", "ScenarioSchemaError", "ServiceNotReady",
+        "RollbackError", "RunbookError", "ScenarioError", "ScenarioSchemaError", "ServiceNotReady",
         "ServiceStartError", "StackError", "UsageError"),
     "agentverify.gates": ("Gate", "GateResult", "Inconclusive"),
     "agentverify.report.journal": ("RunJournal", "ScenarioResult", "StepResult", "TimelineEvent",
@@ -92,6 +92,7 @@ __all__ = [
     "PortWaitStrategy",
     "Replica",
     "RollbackError",
+    "RunbookError",
     "RunJournal",
     "ScenarioError",
     "ScenarioResult",

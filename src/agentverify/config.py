@@ -25,21 +25,26 @@ from __future__ import annotations
 import copy
 import os
 import re
+import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentverify.contract import ContractSection
 from agentverify.errors import ConfigError
 from agentverify.monitoring.metrics import MetricsMapping
-from agentverify.seed import MonitoringSection, Objectives, Section, SeedConfig
+from agentverify.seed import MonitoringSection, Objectives, Section, SeedConfig, check_duration
 from agentverify.stack.placeholders import USER_PLACEHOLDERS, expand_user_template
 
 __all__ = [
     "Config",
+    "DEFAULT_RUNBOOKS",
+    "NOTIFY_FIELDS",
+    "RunbookOperation",
+    "the_one_key",
     "SLOConfig",
     "with_overrides",
     "DEFAULT_ENVIRONMENTS",
@@ -322,6 +327,177 @@ def _default_known_answers() -> list[KnownAnswer]:
     ]
 
 
+# --------------------------------------------------------------------------- runbooks
+
+
+def the_one_key(model: BaseModel, problem: str) -> str:
+    """The one field of a one-of model that is set (an operation, a trigger).
+
+    Raises:
+        ValueError: none or several are set (``problem`` says what is expected).
+    """
+    given = [name for name in type(model).model_fields if getattr(model, name) is not None]
+    if len(given) != 1:
+        raise ValueError(f"{problem}; got {given or 'none'}")
+    return given[0]
+
+
+class ScaleOperation(_Section):
+    """Scale the agent (the seed: "scale to 5 instances"); ``baseline``: stack.replicas."""
+
+    replicas: int | Literal["baseline"] = Field(..., description="replicas, or baseline")
+
+    @field_validator("replicas")
+    @classmethod
+    def _at_least_one(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 32:
+            raise ValueError(f"expected 1 to 32 replicas or 'baseline', got {v}")
+        return v
+
+
+class RateLimitOperation(_Section):
+    """Turn the fleet's per-client rate limit on (or off); ``None`` keeps the config's
+    ``rate_limit`` value."""
+
+    enabled: bool = True
+    requests_per_second: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+
+
+class SwitchLLMOperation(_Section):
+    """Make every replica use the primary or the backup LLM API."""
+
+    use: Literal["primary", "backup"]
+
+
+class ClearCacheOperation(_Section):
+    """Delete every cached answer."""
+
+
+class RestartOperation(_Section):
+    """Restart the agents one at a time, drained, under traffic (the seed's restart());
+    after ``stop_agents`` it starts them again."""
+
+    health_timeout_s: float | None = Field(None, gt=0)
+
+
+class StopAgentsOperation(_Section):
+    """Take every agent replica out of nginx and stop it (the service is down)."""
+
+
+class RestoreBackupOperation(_Section):
+    """Restore the last verified backup into the live stack: Redis (through the stack,
+    from the RDB file) and Milvus (every collection rebuilt through pymilvus)."""
+
+    parts: list[Literal["redis", "milvus"]] = Field(
+        default_factory=lambda: ["redis", "milvus"], min_length=1,
+        description="what to restore (both: leaving one out is a broken runbook)")
+
+
+#: placeholders a notify text may use
+NOTIFY_FIELDS = ("runbook", "alert", "env", "operation", "error")
+
+
+class NotifyOperation(_Section):
+    """Tell the team: a Slack-style ``{"text": ...}`` to the stack's receiver."""
+
+    text: str = Field(..., min_length=1, description="may use {runbook}, {alert}, {env}")
+
+    @field_validator("text")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"expected a text with {{name}} placeholders: {exc}") from None
+        unknown = sorted(names - set(NOTIFY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; expected one of "
+                             + ", ".join("{%s}" % n for n in NOTIFY_FIELDS))
+        return v
+
+
+class RunbookOperation(_Section):
+    """One operation of a runbook, written ``- NAME: {params}`` (exactly one key).
+
+    Example:
+        >>> RunbookOperation.model_validate({"scale": {"replicas": 5}}).describe()
+        'scale 5'
+        >>> RunbookOperation.model_validate("clear_cache").name
+        'clear_cache'
+    """
+
+    scale: ScaleOperation | None = None
+    rate_limit: RateLimitOperation | None = None
+    switch_llm: SwitchLLMOperation | None = None
+    clear_cache: ClearCacheOperation | None = None
+    restart: RestartOperation | None = None
+    stop_agents: StopAgentsOperation | None = None
+    restore_backup: RestoreBackupOperation | None = None
+    notify: NotifyOperation | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `- clear_cache` and `- clear_cache:` (no parameters) mean `- clear_cache: {}`
+        if isinstance(data, str):
+            data = {data: {}}
+        if isinstance(data, Mapping):
+            if len(data) == 1:
+                data = {k: ({} if v is None else v) for k, v in data.items()}
+            else:  # a dumped operation lists every name, the unused ones as None
+                data = {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RunbookOperation:
+        the_one_key(self, "an operation has exactly one key (its name), e.g. "
+                          "'- scale: {replicas: 5}'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return the_one_key(self, "")
+
+    @property
+    def params(self) -> _Section:
+        return getattr(self, self.name)  # type: ignore[no-any-return]
+
+    def describe(self) -> str:
+        """``scale 5``, ``switch_llm backup``, ``rate_limit on 5/s burst 10``, ``notify``."""
+        p = self.params
+        if isinstance(p, ScaleOperation):
+            return f"scale {p.replicas}"
+        if isinstance(p, SwitchLLMOperation):
+            return f"switch_llm {p.use}"
+        if isinstance(p, RateLimitOperation):
+            if not p.enabled:
+                return "rate_limit off"
+            rate = "" if p.requests_per_second is None else f" {p.requests_per_second:g}/s"
+            burst = "" if p.burst is None else f" burst {p.burst}"
+            return f"rate_limit on{rate}{burst}"
+        if isinstance(p, RestoreBackupOperation):
+            return "restore_backup " + "+".join(p.parts)
+        return self.name
+
+
+def _default_runbooks() -> dict[str, list[RunbookOperation]]:
+    """The seed's emergency plans (EmergencyPlan): each notifies the error of a failed step."""
+    def ops(*items: Any) -> list[RunbookOperation]:
+        return [RunbookOperation.model_validate(i) for i in items]
+
+    return {
+        "high_load": ops({"scale": {"replicas": 5}}, {"rate_limit": {"enabled": True}},
+                         {"notify": {"text": "{alert} on {env}: scaled the agent to 5 "
+                                             "replicas and enabled rate limiting"}}),
+        "api_error": ops({"switch_llm": {"use": "backup"}}, "clear_cache", "restart"),
+        "data_corruption": ops("stop_agents", "restore_backup", "restart"),
+    }
+
+
+DEFAULT_RUNBOOKS = tuple(_default_runbooks())
+
+
 class LoadConfig(_Section):
     users: int = Field(10, ge=1)
     spawn_rate: float = Field(5.0, gt=0)
@@ -334,11 +510,61 @@ class LoadConfig(_Section):
     shape: Literal["constant", "ramp", "step"] = "constant"
 
 
+class AlertRulesSection(_Section):
+    """How the shipped alert rules are rendered: their rate window, how long a condition
+    must hold before it fires, and thresholds (``None``: the environment's ``slo:``).
+
+    Defaults are a production's; a rehearsal's overlays shorten ``window`` and ``for``.
+    """
+
+    # `for` is Prometheus' word (a Python keyword): the field is for_, read and written as for
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, serialize_by_alias=True)
+
+    window: str = Field("5m", description="rate() window of the alert expressions")
+    for_: str | None = Field(None, alias="for", description="how long a condition holds "
+                             "before the alert fires; None: twice the evaluation interval")
+    error_ratio: float | None = Field(None, ge=0, le=1, description="AgentHighErrorRate "
+                                      "threshold; None: slo.error_ratio (else 0.05)")
+    p95_ms: float | None = Field(None, gt=0, description="AgentHighLatency threshold; None: "
+                                 "slo.p95_ms (else 2000)")
+    load_rps: float | None = Field(None, gt=0, description="AgentHighLoad threshold: the "
+                                   "request rate the fleet is planned for; None: 10 x "
+                                   "slo.min_rps (else 500)")
+    client_errors: list[str] = Field(
+        default_factory=lambda: ["rate_limited", "invalid_request"],
+        description="error kinds (monitoring.metrics.errors.label values) that are the "
+                    "client's doing, left out of AgentHighErrorRate: a 429 is the rate "
+                    "limit working")
+
+    @field_validator("window", "for_")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        return None if v is None else check_duration(v)
+
+
+class AlertmanagerSection(_Section):
+    """Alertmanager's route timings (Alertmanager's own defaults: a production's)."""
+
+    group_wait: str = Field("30s", description="wait before the first notification of a "
+                                                "new group (to batch alerts)")
+    group_interval: str = Field("5m", description="wait before notifying a change to a "
+                                                   "group already notified (resolved too)")
+    repeat_interval: str = Field("4h", description="re-send a still-firing alert")
+
+    @field_validator("group_wait", "group_interval", "repeat_interval")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        return check_duration(v)
+
+
 class MonitoringConfig(MonitoringSection):
-    """The seed's ``monitoring`` section plus the agent's metric names (only agentverify
-    reads ``metrics``: it is not written into the agent's config.yaml)."""
+    """The seed's ``monitoring`` section plus what only agentverify reads — the agent's
+    metric names, how alert rules and Alertmanager are rendered — none of which is
+    written into the agent's config.yaml."""
 
     metrics: MetricsMapping = Field(default_factory=MetricsMapping)
+    alerts: AlertRulesSection = Field(default_factory=AlertRulesSection)
+    alertmanager: AlertmanagerSection = Field(default_factory=AlertmanagerSection)
 
 
 class Config(SeedConfig):
@@ -352,6 +578,20 @@ class Config(SeedConfig):
     known_answers: list[KnownAnswer] = Field(
         default_factory=_default_known_answers,
         description="questions whose answers must cite a given document (corruption, faults)")
+    runbooks: dict[str, list[RunbookOperation]] = Field(
+        default_factory=_default_runbooks,
+        description="emergency plans: name -> ordered operations (the seed's three by default)")
+
+    @field_validator("runbooks", mode="before")
+    @classmethod
+    def _over_the_seeds(cls, v: Any) -> Any:
+        # a file that declares its own plan keeps the seed's three (redefine one by name)
+        if isinstance(v, Mapping):
+            for name in v:
+                if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]*$", name):
+                    raise ValueError(f"runbook name {name!r} must match [a-z][a-z0-9_]*")
+            return {**_default_runbooks(), **v}
+        return v
 
     # Not part of the file: where it came from, for messages and relative paths.
     source: str = Field("<defaults>", exclude=True)
@@ -359,7 +599,8 @@ class Config(SeedConfig):
 
     def seed_dict(self) -> dict[str, Any]:
         data = super().seed_dict()
-        data["monitoring"].pop("metrics", None)
+        for key in ("metrics", "alerts", "alertmanager"):
+            data["monitoring"].pop(key, None)
         return data
 
     def path(self, relative: str) -> Path:
@@ -370,11 +611,16 @@ class Config(SeedConfig):
 
 
 # Used when no config file exists, so `pytest --agentverify-env staging` works anywhere.
+# Rehearsal environments get rehearsal timings: a 1 s scrape, alerts over 10 s windows
+# that fire after 2 s, and Alertmanager notifying within about a second.
+_REHEARSAL_MONITORING: dict[str, Any] = {
+    "scrape_interval": "1s", "evaluation_interval": "1s",
+    "alerts": {"window": "10s", "for": "2s"},
+    "alertmanager": {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+}
 DEFAULT_ENVIRONMENTS: dict[str, dict[str, Any]] = {
-    "dev": {"stack": {"replicas": 2}, "monitoring": {"scrape_interval": "1s",
-                                                     "evaluation_interval": "1s"}},
-    "staging": {"stack": {"replicas": 3}, "monitoring": {"scrape_interval": "1s",
-                                                         "evaluation_interval": "1s"}},
+    "dev": {"stack": {"replicas": 2}, "monitoring": _REHEARSAL_MONITORING},
+    "staging": {"stack": {"replicas": 3}, "monitoring": _REHEARSAL_MONITORING},
     "production": {"stack": {"replicas": 3}},
 }
 
@@ -479,19 +725,27 @@ def _describe_expected(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation: ``Model``, ``Model | None``, ``dict[str, list[Model]]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys a section accepts, for an 'unknown key' message."""
     model: Any = Config
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
-            return []
-        ann = field.annotation
-        # unwrap dict[str, Model] / Optional[Model]
-        args = getattr(ann, "__args__", ())
-        candidates = [ann, *args]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
+            if model is Config:
+                return []
+            continue  # a mapping key or a list index inside a field: same model below
+        model = _nested_model(field.annotation)
         if model is None:
             return []
     return sorted(k for k in getattr(model, "model_fields", {}) if k not in {"source", "root"})

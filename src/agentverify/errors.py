@@ -19,7 +19,8 @@ red gate or a failed test with the observed state.
     │   ├── RollbackError
     │   ├── BackupRestoreError
     │   ├── ContractError           the agent's reply does not match stack.agent.contract
-    │   └── AgentOpError            rate limit / cache clear / LLM switch not carried out
+    │   ├── AgentOpError            rate limit / cache clear / LLM switch not carried out
+    │   └── RunbookError            an operation of a runbook failed (it was notified)
     ├── LoadTestError
     └── FaultInjectionError
 
@@ -44,6 +45,7 @@ __all__ = [
     "BackupRestoreError",
     "ContractError",
     "AgentOpError",
+    "RunbookError",
     "LoadTestError",
     "FaultInjectionError",
 ]
@@ -116,6 +118,11 @@ class AgentOpError(ScenarioError):
     """An operation on the agent fleet (rate limit, cache clear, LLM switch) could not be
     carried out: the admin endpoint failed, a replica did not follow, or a rolling
     restart failed (the message names which)."""
+
+
+class RunbookError(ScenarioError):
+    """An operation of a runbook failed; the message names the runbook and the operation
+    (and the team was notified of it, as the seed's ``notify_error``)."""
 
 
 class LoadTestError(AgentVerifyError):

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "BackupModelSection",
     "CacheSection",
+    "check_duration",
     "CostSection",
     "ModelSection",
     "MonitoringSection",
@@ -41,6 +42,7 @@ __all__ = [
     "SeedConfig",
     "Section",
     "VectorStoreSection",
+    "duration_seconds",
     "known_keys",
 ]
 
@@ -106,6 +108,26 @@ class CacheSection(Section):
     ttl: int = Field(3600, ge=1)
 
 
+def check_duration(v: str) -> str:
+    if not _DURATION.match(v):
+        raise ValueError("expected a Prometheus duration such as '1s' or '15s'")
+    return v
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds of a Prometheus duration (``"500ms"``, ``"15s"``, ``"5m"``, ``"1h"``).
+
+    Example:
+        >>> duration_seconds("5m"), duration_seconds("500ms")
+        (300.0, 0.5)
+    """
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit):
+            return float(duration[: -len(unit)]) * units[unit]
+    return float(duration)
+
+
 class MonitoringSection(Section):
     """The seed's ``monitoring`` section, plus the cadence agentverify renders."""
 
@@ -118,9 +140,7 @@ class MonitoringSection(Section):
     @field_validator("scrape_interval", "evaluation_interval")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if not _DURATION.match(v):
-            raise ValueError("expected a Prometheus duration such as '1s' or '15s'")
-        return v
+        return check_duration(v)
 
 
 class RateLimitSection(Section):

@@ -36,7 +36,7 @@ on_docker = pytest.mark.parametrize(
     "backend_name", [pytest.param("docker", id="docker", marks=pytest.mark.docker)],
     indirect=True)
 needs_docker = pytest.mark.docker
-SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb", "toxiproxy"}
+SERVICES = {"llm", "redis", "milvus", "alertmanager", "prometheus", "lb", "toxiproxy", "receiver"}
 
 
 @pytest.fixture(scope="module")

@@ -158,4 +158,4 @@ def test_cli_unknown_environment_exits_2(tmp_path: Path) -> None:
                            str(REPO / "agentverify.yaml"), "--env", "qa"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "unknown environment 'qa'; expected one of: dev, production, staging" in proc.stderr
+    assert "unknown environment 'qa'; expected one of: dev, gameday, production, staging" in proc.stderr

@@ -56,7 +56,8 @@ def _handle(backend: DockerBackend, spec: StackSpec, name: str, instance: str | 
 def peers(spec: StackSpec) -> dict[str, Handle]:
     backend = DockerBackend()
     return {name: _handle(backend, spec, name)
-            for name in ("llm", "redis", "milvus", "alertmanager", "prometheus", "lb")}
+            for name in ("llm", "redis", "milvus", "alertmanager", "prometheus", "lb",
+                         "receiver")}
 
 
 def _render(spec: StackSpec, peers: dict[str, Handle], service: str, text: str,
@@ -88,7 +89,8 @@ def test_peers_resolve_to_service_aliases_and_container_ports(spec, peers) -> No
     assert env["OPENAI_BASE_URL"] == "http://llm:8080/v1"
     assert env["AGENT_CONFIG"] == "/agentverify/conf/config.yaml"
     prom = _render(spec, peers, "prometheus", spec["prometheus"].files["prometheus.yml"])
-    assert "alertmanager:9093" in prom and "llm:8080" in prom and "${" not in prom
+    assert "alertmanager:9093" in prom and "llm:8080" in prom and "receiver:9095" in prom
+    assert "${" not in prom
     assert _render(spec, peers, "agent", "${url:redis} ${host:llm} ${port:milvus:grpc}",
                    "agent-0") == "redis://redis:6379 llm 19530"
 

@@ -65,16 +65,19 @@ def test_a_null_metric_leaves_its_panel_and_alert_out_saying_why() -> None:
     rules = alert_rules_yaml(cfg)
     assert "# AgentHighLatency is left out: monitoring.metrics.latency is null" in rules
     names = [r["alert"] for r in yaml.safe_load(rules)["groups"][0]["rules"]]
-    assert names == ["AgentReplicaDown", "AgentHighErrorRate", "AgentHighLoad"]
+    assert names == ["AgentReplicaDown", "AgentHighErrorRate", "AgentHighLoad",
+                     "AgentKnownAnswersWrong"]
 
 
 def test_alert_rules_and_scrape_path_follow_the_example() -> None:
     cfg = load_config(EXAMPLE, env="dev", overrides={"stack.agent.contract.metrics_path": "/m"})
     rules = {r["alert"]: r["expr"] for r in
              yaml.safe_load(alert_rules_yaml(cfg))["groups"][0]["rules"]}
+    # the agent's own excluded kinds, then the client errors of monitoring.alerts
     assert rules["AgentHighErrorRate"].startswith(
-        'sum(rate(support_agent_failures_total{reason!="rate_limited",reason!="bad_request"}'
-        '[1m])) / clamp_min(sum(rate(support_agent_requests_total{route="/v1/ask"}[1m])), 1e-9)')
+        'sum(rate(support_agent_failures_total{reason!="rate_limited",reason!="bad_request",'
+        'reason!="invalid_request"}[5m])) / '
+        'clamp_min(sum(rate(support_agent_requests_total{route="/v1/ask"}[5m])), 1e-9)')
     assert "support_agent_request_duration_seconds_bucket" in rules["AgentHighLatency"]
     scrape = yaml.safe_load(prometheus_yml(cfg))["scrape_configs"][0]
     assert scrape["metrics_path"] == "/m"

@@ -24,8 +24,8 @@ from agentverify.backup.archive import OpenedBackup, dump_line, load_line, read_
 from agentverify.backup.comparison import Comparison, values_close
 from agentverify.errors import BackupRestoreError
 
-__all__ = ["backup_milvus", "compare_milvus", "connect_milvus", "count_entities", "milvus_error",
-           "milvus_session", "restore_milvus"]
+__all__ = ["backup_milvus", "compare_milvus", "connect_milvus", "count_entities", "entities",
+           "milvus_error", "milvus_session", "restore_milvus", "schema_of"]
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Values pymilvus reports per index that describe its state, not how to build it.
@@ -40,7 +40,11 @@ def connect_milvus(uri: str) -> Any:
 
     # pymilvus logs a traceback of its own for every failed call; we raise one line.
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-    return MilvusClient(uri=uri, timeout=60.0)
+    # dedicated: a connection of its own, closed with the session. pymilvus 3 shares one
+    # connection per URI across the process and revives it after 30 s idle; Milvus Lite
+    # has by then sent GOAWAY "too_many_pings" on it, and the revival fails ("Fail
+    # connecting to server"): seen when a drill backs up minutes after an earlier session.
+    return MilvusClient(uri=uri, timeout=60.0, dedicated=True)
 
 
 def milvus_error(where: str, exc: BaseException) -> BackupRestoreError:
@@ -131,6 +135,19 @@ def _iterate(client: Any, name: str, schema: dict[str, Any],
             yield from rows
     finally:
         it.close()
+
+
+def schema_of(client: Any, name: str) -> dict[str, Any]:
+    """A collection's schema as the backup records it: ``fields`` (with ``is_primary``,
+    ``type``), ``indexes``, ``primary`` (the key field) and ``vectors`` (float vector
+    fields)."""
+    schema = _describe(client, name)
+    return {**schema, "primary": _primary(schema), "vectors": _float_vector_fields(schema)}
+
+
+def entities(client: Any, name: str, schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every entity of a collection, every field (vectors included)."""
+    return _iterate(client, name, schema)
 
 
 def _normalize(entity: dict[str, Any]) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from agentverify.backup.redis import (
 )
 from agentverify.errors import BackupRestoreError
 
-__all__ = ["BackupResult", "backup_stack", "compare_with", "live_fingerprint", "restore_into",
-           "service_name"]
+__all__ = ["PARTS", "BackupResult", "backup_stack", "compare_with", "live_fingerprint",
+           "restore_into", "service_name"]
 
 Say = Callable[[str], None]
 
@@ -132,18 +132,29 @@ def backup_stack(stack: Any, directory: Path, *, say: Say = _quiet, search_queri
     return BackupResult(path, written, time.monotonic() - t0)
 
 
+#: the parts of a backup, in the order they are restored
+PARTS = ("redis", "milvus")
+
+
 def restore_into(stack: Any, backup: OpenedBackup, *, say: Say = _quiet,
-                 batch_size: int = 512, timeout: float = 60.0) -> float:
+                 batch_size: int = 512, timeout: float = 60.0,
+                 parts: tuple[str, ...] | list[str] = PARTS) -> float:
     """Restore a verified backup into a running stack; returns the seconds taken.
 
     Redis is stopped, given the RDB file and started again (same ports and data
     directory); each Milvus collection is dropped, recreated with the archived schema
-    and indexes, and refilled in batches.
+    and indexes, and refilled in batches. ``parts`` restores only some (a runbook that
+    leaves one out is rehearsed as broken).
     """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise BackupRestoreError(f"unknown backup part {unknown[0]!r}; expected {PARTS}")
     t0 = time.monotonic()
-    restore_redis(stack, service_name(stack, "cache"), backup, timeout, say)
-    milvus = stack.service(service_name(stack, "vector_store"))
-    restore_milvus(milvus.url(), backup, batch_size, timeout, say)
+    if "redis" in parts:
+        restore_redis(stack, service_name(stack, "cache"), backup, timeout, say)
+    if "milvus" in parts:
+        milvus = stack.service(service_name(stack, "vector_store"))
+        restore_milvus(milvus.url(), backup, batch_size, timeout, say)
     return time.monotonic() - t0
 
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentverify._poller import Poller
 from agentverify.scenarios.known_answers import check_known_answer
 from agentverify.scenarios.smoke import unhealthy
 
@@ -90,7 +91,7 @@ class SteadyVerdict:
                 "recover_s": None if self.recover_s is None else round(self.recover_s, 2)}
 
 
-class SteadyStateMonitor:
+class SteadyStateMonitor(Poller):
     """Evaluates a :class:`Hypothesis` in a thread until :meth:`stop`.
 
     Args:
@@ -99,33 +100,29 @@ class SteadyStateMonitor:
         probe: the probe whose requests are judged.
     """
 
+    name = "steady-state"
+    wait_first = True  # a probe that has just started has answered nothing yet
+
     def __init__(self, ctx: ScenarioContext, hypothesis: Hypothesis, probe: Probe) -> None:
+        super().__init__()
         self.ctx = ctx
         self.hypothesis = hypothesis
+        self.interval = hypothesis.interval_s
         self.probe = probe
         self.observations: list[Observation] = []
         self.started_at = 0.0
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._next_question = 0
 
     def start(self) -> SteadyStateMonitor:
         self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="steady-state", daemon=True)
-        self._thread.start()
+        super().start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.hypothesis.interval_s):
-            obs = self.evaluate()
-            with self._lock:
-                self.observations.append(obs)
+    def tick(self) -> None:
+        obs = self.evaluate()
+        with self._lock:
+            self.observations.append(obs)
 
     # ------------------------------------------------------------------ one evaluation
 

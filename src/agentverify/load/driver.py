@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import ChildError, ChildInfo, LoadResult, Snapshot, parse_line
 from agentverify.stack.runstate import RUN_ID_ENV, RunContext
 
-__all__ = ["LoadDriver", "LoadRun"]
+__all__ = ["BackgroundLoad", "LoadDriver", "LoadRun"]
 
 #: seconds the child may take before its first line (imports, workers connecting)
 START_ALLOWANCE_S = 60.0
@@ -274,3 +275,66 @@ class LoadDriver:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
         return time.monotonic() + STOP_ALLOWANCE_S
+
+
+class BackgroundLoad:
+    """A load that runs while other steps do (a spike under a drill, a game day's
+    traffic): :meth:`LoadDriver.run` in a thread, stopped gracefully by :meth:`stop`.
+
+    Args:
+        driver: the driver of the load (its plan's ``duration_s`` is the longest it runs).
+
+    Example:
+        >>> load = BackgroundLoad(LoadDriver(plan)).start()            # doctest: +SKIP
+        >>> ...                                                        # the drill
+        >>> load.stop().result.status_codes                            # doctest: +SKIP
+        {'200': 2810, '429': 1877}
+    """
+
+    def __init__(self, driver: LoadDriver) -> None:
+        self.driver = driver
+        self.started: float | None = None  # unix
+        self.snapshots: list[Snapshot] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._run: LoadRun | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> BackgroundLoad:
+        self.started = time.time()
+
+        def target() -> None:
+            try:
+                self._run = self.driver.run(
+                    poll=lambda: "stopped by the scenario" if self._stop.is_set() else None,
+                    on_snapshot=self.snapshots.append)
+            except BaseException as exc:  # handed to the caller of stop()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="background-load", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = START_ALLOWANCE_S + STOP_ALLOWANCE_S) -> LoadRun:
+        """Stop the users (they finish the request in flight) and return the result.
+
+        Raises:
+            LoadTestError: the load failed, or did not stop within ``timeout``.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.driver._stop_group()
+                raise LoadTestError(f"the background load did not stop within {timeout:g}s")
+        if self._error is not None:
+            if isinstance(self._error, LoadTestError):
+                raise self._error
+            raise LoadTestError(f"the background load failed: {self._error}") from self._error
+        if self._run is None:
+            raise LoadTestError("the background load was never started")
+        return self._run

@@ -8,6 +8,8 @@
                  when the budget is spent
 ``cache_cost``   two short loads at a low and a high repeat ratio: cost per request falls
                  as the cache hit ratio rises, and a cache hit makes no LLM call
+``load_start``   Locust load in the background while the next steps run (a game day's
+                 traffic under faults and drills); ``load_stop`` ends it and measures it
 ===============  ===========================================================================
 
 The agent's cost controls (``max_tokens``, ``rate_limit``) are checked without Locust, in
@@ -43,7 +45,7 @@ from agentverify.cost import (
 )
 from agentverify.errors import ContractError, ScenarioError
 from agentverify.gates import Inconclusive
-from agentverify.load.driver import LoadDriver
+from agentverify.load.driver import BackgroundLoad, LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import SLOAbort, slo_breaches
 from agentverify.monitoring.counters import MetricReading, read_metrics
@@ -56,7 +58,7 @@ from agentverify.seed import Objectives
 if TYPE_CHECKING:
     from agentverify.scenarios.runner import ScenarioContext
 
-__all__ = ["LoadParams", "plan_from_config"]
+__all__ = ["BACKGROUND_KEY", "LoadParams", "background_load", "plan_from_config"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -439,3 +441,70 @@ def cache_cost(ctx: ScenarioContext, params: CacheCostParams) -> dict[str, Any]:
         facts.update(cache_cost_low_hit_ratio=why, cache_cost_high_hit_ratio=why,
                      cache_cost_hit_llm_calls=why)
     return facts
+
+
+# --------------------------------------------------------------------------- background
+
+
+BACKGROUND_KEY = "background_load"
+
+
+class LoadStartParams(StepParams):
+    """A background load; each ``None`` falls back to the config's ``load:``."""
+
+    users: int | None = Field(None, ge=1, le=10_000)
+    spawn_rate: float | None = Field(None, gt=0)
+    user_rps: float | None = Field(None, gt=0)
+    repeat_ratio: float | None = Field(None, ge=0, le=1)
+    hot_set: int = Field(5, ge=1, le=1000)
+    max_duration_s: float = Field(3600.0, gt=0, le=86_400,
+                                  description="stopped by load_stop, or after this long")
+
+
+def background_load(ctx: ScenarioContext, params: LoadStartParams, name: str) -> BackgroundLoad:
+    """Start a background load for ``params`` (stopped after the scenario if still on)."""
+    plan = plan_from_config(ctx, LoadParams(users=params.users, spawn_rate=params.spawn_rate,
+                                            user_rps=params.user_rps,
+                                            repeat_ratio=params.repeat_ratio,
+                                            duration_s=params.max_duration_s,
+                                            shape="constant"),
+                            hot_set=params.hot_set, locustfile=None)
+    driver = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run,
+                        progress_interval_s=10.0)
+    load = BackgroundLoad(driver).start()
+
+    def stop_if_running() -> None:
+        if load.running:
+            load.stop()
+
+    ctx.defer(f"stop the {name} load", stop_if_running)
+    ctx.say(f"  {name}: {plan.users} users" + (f" at {plan.user_rps:g} requests/s each"
+                                               if plan.user_rps else " unpaced")
+            + f" against {plan.host}, in the background")
+    return load
+
+
+@step("load_start", params=LoadStartParams, facts=())
+def load_start(ctx: ScenarioContext, params: LoadStartParams) -> dict[str, Any]:
+    """Start Locust load in the background; the next steps run under it."""
+    if BACKGROUND_KEY in ctx.state:
+        raise ScenarioError("load_start: a background load is already running (load_stop "
+                            "ends it)")
+    ctx.state[BACKGROUND_KEY] = background_load(ctx, params, "background")
+    return {}
+
+
+@step("load_stop", params=StepParams,
+      facts=("background_requests", "background_failures", "background_rps",
+             "background_p95_ms", "background_status_5xx"))
+def load_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
+    """Stop the background load and measure what it saw."""
+    load: BackgroundLoad | None = ctx.state.pop(BACKGROUND_KEY, None)
+    if load is None:
+        raise ScenarioError("load_stop without load_start")
+    result = load.stop().result
+    ctx.say(f"  background load: {result.summary()}")
+    return {"background_requests": result.requests, "background_failures": result.failures,
+            "background_rps": round(result.rps, 2), "background_p95_ms": result.p95_ms,
+            "background_status_5xx": sum(n for code, n in result.status_codes.items()
+                                         if code.startswith("5"))}

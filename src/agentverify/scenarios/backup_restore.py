@@ -50,9 +50,11 @@ from agentverify.scenarios.smoke import load_prompts
 if TYPE_CHECKING:
     from agentverify.scenarios.runner import ScenarioContext
 
-__all__: list[str] = []
+__all__ = ["ARCHIVE_KEY"]
 
-_ARCHIVE = "backup_archive"
+#: where the scenario's state keeps the last archive written (and verified) by ``backup``
+ARCHIVE_KEY = "backup_archive"
+_ARCHIVE = ARCHIVE_KEY
 _TAMPERED = "tampered_archives"
 _KINDS = ("string", "hash", "list", "set", "zset", "stream")
 

@@ -150,18 +150,23 @@ class Probe:
         contract: how to ask it and read the replies (default: the reference agent's).
         timeout: per-request timeout; a request that times out counts as failed.
         keepalive: reuse connections (see the module docstring).
+        headers: sent with every request (e.g. an ``X-Client-Id`` of its own, so a
+            per-client rate limit judges the probe apart from the load).
     """
 
     def __init__(self, base_url: str, *, rps: float = 25.0,
                  message: str = "How do I reset my password?",
                  contract: AgentContract | None = None, timeout: float = 10.0,
-                 keepalive: bool = False, workers: int = 32, unique: bool = False) -> None:
+                 keepalive: bool = False, workers: int = 32, unique: bool = False,
+                 client_id: str | None = None, headers: dict[str, str] | None = None) -> None:
         if rps <= 0:
             raise ValueError("rps must be > 0")
         self.base_url = base_url.rstrip("/")
         self.rps = rps
         self.contract = contract or AgentContract.default()
-        self.request = self.contract.request(message)
+        self.client_id = client_id
+        self.headers = dict(headers or {})
+        self.request = self.contract.request(message, client_id=client_id, headers=self.headers)
         self._problem: str | None = None
         self.message = message
         #: every request asks a question of its own (never cached: it reaches the LLM)
@@ -213,15 +218,14 @@ class Probe:
     def _one(self) -> None:
         t = time.monotonic()
         req = self.request
-        headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
         status: int | str
         version = replica = None
         attempts = 0
         try:
             if self.unique:
-                req = self.contract.request(f"{self.message} (probe {next(self._count)})")
-                headers = req.headers if self.keepalive else {**req.headers,
-                                                              "Connection": "close"}
+                req = self.contract.request(f"{self.message} (probe {next(self._count)})",
+                                            client_id=self.client_id, headers=self.headers)
+            headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
             resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
                                         headers=headers)
             status = resp.status_code

@@ -49,6 +49,7 @@ BUILTIN_MODULES = (
     "agentverify.load.steps",
     "agentverify.scenarios.cost_controls",
     "agentverify.faults.steps",
+    "agentverify.drills.steps",
 )
 
 

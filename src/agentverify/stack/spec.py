@@ -7,8 +7,8 @@ readiness, dependencies, replicas); a backend decides *how* it runs. Strings in
 resolves for itself, so one spec runs as a local process and as a container.
 
 :func:`build_stack_spec` turns a :class:`~agentverify.config.Config` into the seed's
-stack: llm, redis, milvus, the knowledge-ingest job, N agent replicas, nginx,
-prometheus and alertmanager.
+stack: llm, redis, milvus, the knowledge-ingest job, N agent replicas, nginx, the
+webhook receiver, prometheus and alertmanager.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import yaml
 
 from agentverify.config import Config, deep_merge
 from agentverify.errors import ConfigError
-from agentverify.monitoring.render import alert_rules_yaml, alertmanager_yml, prometheus_yml
+from agentverify.monitoring.render import (
+    alert_rules_test_yaml,
+    alert_rules_yaml,
+    alertmanager_yml,
+    check_rendered,
+    prometheus_yml,
+)
 from agentverify.stack.placeholders import expand_user_template
 from agentverify.stack.wait import (
     HttpWaitStrategy,
@@ -47,6 +53,7 @@ __all__ = [
     "ROLE_AGENT",
     "ROLE_LB",
     "ROLE_METRICS",
+    "ROLE_RECEIVER",
 ]
 
 ROLE_AGENT = "agent"
@@ -58,6 +65,7 @@ ROLE_VECTOR = "vector_store"
 ROLE_LLM = "llm"
 ROLE_JOB = "job"
 ROLE_FAULTS = "faults"
+ROLE_RECEIVER = "receiver"
 
 @dataclass(frozen=True)
 class Port:
@@ -214,6 +222,7 @@ DEFAULT_REPOS = {
     "ingest": "agentverify/python",
     "lb": "agentverify/nginx",
     "toxiproxy": "agentverify/python",
+    "receiver": "agentverify/python",
     "prometheus": "agentverify/prometheus",
     "alertmanager": "agentverify/prometheus",
 }
@@ -512,7 +521,23 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
     services = [llm, redis, milvus, ingest, agent, lb]
     if config.stack.faults.enabled:
         services.insert(3, fault_proxy_spec(config, backend))
-    if config.stack.alertmanager:
+    # the rehearsal's "team": every Alertmanager webhook and runbook notification lands here
+    services.append(ServiceSpec(
+        name="receiver", role=ROLE_RECEIVER, image=_image(config, "receiver"),
+        command=("${python}", "-m", "agentverify.drills.receiver", "--host", "${bind}",
+                 "--port", "${port:http}"),
+        ports=(Port("http", 9095),),
+        health=HttpWaitStrategy("http", "/health").with_timeout(start_timeout),
+        stop_grace=3.0,
+    ))
+    rules = alert_rules_yaml(config)
+    prometheus_file = prometheus_yml(config, alertmanager=config.stack.alertmanager)
+    alertmanager_file = alertmanager_yml(config, backend=backend) if config.stack.alertmanager \
+        else None
+    # promtool / amtool judge every rendering (when installed): a broken rule or route is
+    # one ConfigError here, not a Prometheus that will not start or never alerts
+    check_rendered(config, rules=rules, prometheus=prometheus_file, alertmanager=alertmanager_file)
+    if alertmanager_file is not None:
         services.append(ServiceSpec(
             name="alertmanager", role=ROLE_ALERTS, image=_image(config, "alertmanager"),
             command=("prometheus-alertmanager", "--config.file=${confdir}/alertmanager.yml",
@@ -522,7 +547,8 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
                      "--cluster.listen-address="),
             ports=(Port("http", 9093),),
             health=HttpWaitStrategy("http", "/-/ready").with_timeout(start_timeout),
-            files={"alertmanager.yml": alertmanager_yml(config)},
+            depends_on=("receiver",),
+            files={"alertmanager.yml": alertmanager_file},
             requires={"prometheus-alertmanager": "prometheus-alertmanager"},
         ))
     services.append(ServiceSpec(
@@ -535,9 +561,11 @@ def build_stack_spec(config: Config, *, api_keys: Mapping[str, str],
                  f"--rules.alert.resend-delay={config.monitoring.evaluation_interval}"),
         ports=(Port("http", 9090),),
         health=HttpWaitStrategy("http", "/-/ready").with_timeout(start_timeout),
-        depends_on=("llm", "alertmanager") if config.stack.alertmanager else ("llm",),
-        files={"prometheus.yml": prometheus_yml(config, alertmanager=config.stack.alertmanager),
-               "alert_rules.yml": alert_rules_yaml(config),
+        depends_on=("llm", "receiver", *(("alertmanager",) if config.stack.alertmanager else ())),
+        files={"prometheus.yml": prometheus_file,
+               "alert_rules.yml": rules,
+               # beside the rules, as promtool test rules expects (alert_rules_test step)
+               "alert_rules_test.yml": alert_rules_test_yaml(config),
                "targets/agents.json": "[]"},
         requires={"prometheus": "prometheus"},
         stop_grace=5.0,

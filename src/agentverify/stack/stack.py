@@ -822,6 +822,28 @@ class Stack:
                     self._routes.forget_slot(r.instance)
         return time.monotonic() - t0
 
+    def stop_agents(self) -> list[Replica]:
+        """Take every replica out of nginx and stop it: the agent is down, nginx answers
+        502 (the seed's data-corruption plan: "stop the agent"). :meth:`scale` brings it
+        back; each slot keeps its fault-proxy routes meanwhile.
+
+        Returns:
+            The replicas stopped (their slots and versions).
+
+        Example:
+            >>> stopped = stack.stop_agents()                               # doctest: +SKIP
+            >>> stack.scale(len(stopped), version=stopped[0].version)       # doctest: +SKIP
+        """
+        with self._lock:
+            stopped = list(self._state.replicas)
+            self._state.replicas = []
+        self._sync_routing()
+        self._sync_targets()
+        self._drain()
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(stopped))) as pool:
+            list(pool.map(lambda r: self._retire(r.handle), stopped))
+        return stopped
+
     def kill(self, name: str) -> Handle:
         """SIGKILL one instance (``agent-1``, ``redis`` ...), as a crash would.
 
