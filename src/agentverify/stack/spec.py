@@ -32,6 +32,7 @@ from agentverify.stack.wait import (
 from agentverify.traffic import nginx_conf
 
 __all__ = [
+    "AGENT_LOG_NAME",
     "DEFAULT_IMAGES",
     "Port",
     "ServiceSpec",
@@ -48,6 +49,9 @@ __all__ = [
     "ROLE_LB",
     "ROLE_METRICS",
 ]
+
+#: the agent's request log in each replica's data directory (``stack.agent.variables.log_file``)
+AGENT_LOG_NAME = "agent.log"
 
 ROLE_AGENT = "agent"
 ROLE_LB = "lb"
@@ -300,7 +304,7 @@ def agent_environment(config: Config, *, version: str,
     give("model", model.model_name)
     give("host", "${bind}")
     give("port", "${port:http}")
-    give("log_file", "${datadir}/agent.log")
+    give("log_file", "${datadir}/" + AGENT_LOG_NAME)
     values = {"version": version}
     env.update({k: expand_user_template(v, values) for k, v in agent.env.items()})
     env.update({k: expand_user_template(v, values) for k, v in knobs.env.items()})
