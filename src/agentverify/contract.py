@@ -251,12 +251,19 @@ class AdminSection(Section):
 
 class LogsSection(Section):
     """The agent's request log, for log-rotation rehearsals: the file is the variable
-    ``stack.agent.variables.log_file`` names (in the replica's data directory)."""
+    ``stack.agent.variables.log_file`` names (in the replica's data directory).
+
+    ``format``: ``json`` (one object per line; ``request_id_field`` is the key of the
+    request id, dots for nested keys) or ``text`` (the id appears in the line as a word).
+    ``request_id_header``: the reply header carrying the same id (null: a reply cannot be
+    tied to its line, and the rotation's counts are inconclusive). ``reopen_signal``:
+    what makes the agent reopen the file after it was moved (null: it cannot, and the
+    file is rotated by copying and truncating it, as logrotate's ``copytruncate``)."""
 
     format: Literal["json", "text"] = "json"
-    request_id_field: str = "request_id"
-    request_id_header: str | None = None
-    reopen_signal: Literal["SIGHUP", "SIGUSR1", "SIGUSR2"] | None = None
+    request_id_field: str = Field("request_id", min_length=1)
+    request_id_header: str | None = Field("X-Request-Id", pattern=_HEADER_NAME.pattern)
+    reopen_signal: Literal["SIGHUP", "SIGUSR1", "SIGUSR2"] | None = "SIGHUP"
 
 
 class ContractSection(Section):

@@ -293,7 +293,9 @@ def agent_environment(config: Config, *, version: str,
                 "AGENT_ERROR_RATE": str(knobs.error_rate),
                 "AGENT_LATENCY_MS": str(knobs.latency_ms),
                 "AGENT_HEALTH_IGNORE": ",".join(knobs.health_ignores),
-                "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0"})
+                "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0",
+                "AGENT_CACHE_NO_TTL": "1" if knobs.cache_without_ttl else "0",
+                "AGENT_DROP_MAX_TOKENS": "1" if knobs.drop_max_tokens else "0"})
     # the seed's required variables (validated by the deploy rehearsal), and the URI form
     give("milvus_host", "${host:milvus}")
     give("milvus_port", "${port:milvus:grpc}")
