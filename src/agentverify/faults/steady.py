@@ -148,7 +148,7 @@ class SteadyStateMonitor:
             reasons.append(f"only {len(recent)} request(s) answered in {h.window_s:g} s")
         if h.healthy_replicas:
             replicas = self.ctx.stack.replicas
-            bad = unhealthy(replicas, self.ctx.config.stack.agent.health_path)
+            bad = unhealthy(replicas, self.ctx.contract.health_path)
             healthy = len(replicas) - len(bad)
             if healthy < h.healthy_replicas:
                 reasons.append(f"{healthy} healthy replica(s) < {h.healthy_replicas}: "

@@ -377,7 +377,7 @@ def restart(ctx: ScenarioContext, params: RestartParams) -> dict[str, Any]:
     if fault is not None:
         _end(ctx, fault)
     replicas = ctx.stack.replicas
-    bad = unhealthy(replicas, ctx.config.stack.agent.health_path)
+    bad = unhealthy(replicas, ctx.contract.health_path)
     seconds = time.monotonic() - t0
     ctx.say(f"  {params.target} back in {seconds:.1f}s; {len(replicas) - len(bad)} of "
             f"{len(replicas)} replicas healthy")
@@ -482,7 +482,7 @@ def dependency_health(ctx: ScenarioContext, params: DependencyHealthParams) -> d
     """Every replica's health check says the dependency is down (503 naming it), or up
     again (200), within ``timeout_s``: a health check that ignores a dependency is how a
     fleet keeps serving traffic it cannot answer."""
-    path = ctx.config.stack.agent.health_path
+    path = ctx.contract.health_path
     t0 = time.monotonic()
     deadline = t0 + params.timeout_s
     named = False
