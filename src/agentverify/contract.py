@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "AGENTVERIFY_KEY_PREFIX",
     "AdminSection",
     "AgentContract",
     "AgentReply",
@@ -86,6 +87,9 @@ __all__ = [
 
 #: how much of a reply a message quotes
 QUOTE_CHARS = 300
+#: the Redis namespace of the keys agentverify writes itself (a backup rehearsal's seeded
+#: data): never the agent's, so no ``cache_keys`` pattern may name it
+AGENTVERIFY_KEY_PREFIX = "agentverify:"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TEMPLATE_NAMES = ("message", "session")
@@ -296,6 +300,9 @@ class ContractSection(Section):
             if not pattern or pattern.strip("*?") == "":
                 raise ValueError(f"{pattern!r} would match every key: name the agent's answer "
                                  "keys, e.g. 'agent:answer:*'")
+            if pattern.startswith(AGENTVERIFY_KEY_PREFIX):
+                raise ValueError(f"{pattern!r} is agentverify's own namespace "
+                                 f"({AGENTVERIFY_KEY_PREFIX}*): name the agent's answer keys")
         return value
 
 
