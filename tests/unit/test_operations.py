@@ -283,3 +283,35 @@ def test_the_probe_keeps_each_replys_request_id_and_waits_for_what_it_sent() -> 
     assert len(before) >= 10 and all(s.request_id and s.request_id.startswith("id-")
                                      for s in before)
     assert len({s.request_id for s in report.samples}) == report.requests
+
+
+def test_the_local_backend_signals_the_process_its_command_started(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    from agentverify.errors import StackError
+    from agentverify.stack.local import LocalBackend
+    from agentverify.stack.runstate import RunContext
+    from agentverify.stack.spec import ServiceSpec
+
+    script = ("import signal, sys, time, pathlib\n"
+              "signal.signal(signal.SIGHUP, lambda *a: pathlib.Path('hup').write_text('1'))\n"
+              "print('up', flush=True)\n"
+              "time.sleep(30)\n")
+    backend = LocalBackend()
+    backend.open(RunContext.create("local", state_dir=tmp_path / "state"))
+    spec = ServiceSpec(name="svc", role="job", image="-", command=(sys.executable, "-c", script))
+    handle = backend.start(spec, "svc", peers={})
+    try:
+        deadline = time.monotonic() + 10
+        while "up" not in backend.logs(handle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        backend.signal(handle, signal.SIGHUP)
+        marker = handle.state.dirs.base / "hup"
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == "1" and backend.status(handle).running
+    finally:
+        backend.stop(handle, grace=1)
+    with pytest.raises(StackError, match="svc is not running: cannot send it SIGHUP"):
+        backend.signal(handle, signal.SIGHUP)
