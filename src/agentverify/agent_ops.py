@@ -1,5 +1,5 @@
 """The operations an SRE does to a running agent fleet: rate limit, clear the cache,
-switch to the backup LLM.
+switch to the backup LLM, change its configuration, rotate its logs.
 
 The emergency runbooks and the rehearsal steps call exactly these. Each works on any
 agent: through the agent's admin endpoints when its contract names them
@@ -24,6 +24,9 @@ operation         admin endpoint (reference API)   without one
 
 :func:`reconfigure` is the seed's way itself, for any key of the agent's config.yaml (the
 seed's ``update_model``: ``reconfigure(stack, {"model.model_name": "gpt-4o"})``).
+:func:`rotate_logs` is the seed's ``rotate_logs``: every replica's request log rotated by
+logrotate, then the contract's reopen signal sent to each replica (the ``postrotate``),
+or copied and truncated for an agent that has no such signal (:mod:`agentverify.logrotate`).
 
 Each returns an :class:`AgentOpResult`: what it did, how (``admin``, ``restart`` or
 ``redis``), how long it took, and the state before it (so a caller can put it back).
@@ -39,18 +42,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
 from agentverify import _http
-from agentverify.contract import AgentContract, quote
+from agentverify.contract import AGENTVERIFY_KEY_PREFIX, AgentContract, quote
 from agentverify.errors import AgentOpError
 
-__all__ = ["AgentOpResult", "clear_cache", "current_llm", "current_rate_limit", "rate_limit",
-           "reconfigure", "switch_llm"]
+__all__ = ["AgentOpResult", "cache_ttls", "clear_cache", "current_llm", "current_rate_limit", "rate_limit",
+           "reconfigure", "rotate_logs", "switch_llm"]
 
 #: seconds every replica gets to report an admin change (the reference caches ~1 s)
 SETTLE_TIMEOUT_S = 10.0
@@ -62,10 +67,12 @@ class AgentOpResult:
     """What one agent operation did.
 
     Attributes:
-        operation: ``rate_limit``, ``clear_cache`` or ``switch_llm``.
+        operation: ``rate_limit``, ``clear_cache``, ``switch_llm``, ``reconfigure`` or
+            ``rotate_logs``.
         method: ``admin`` (the agent's endpoint), ``restart`` (config.yaml changed and a
-            rolling restart) or ``redis`` (the cache keys deleted directly); ``none``
-            when the fleet was already in the wanted state.
+            rolling restart), ``redis`` (the cache keys deleted directly), ``logrotate``
+            (``rename`` + the reopen signal) or ``copytruncate``; ``none`` when the fleet
+            was already in the wanted state.
         detail: One line saying what was done.
         seconds: How long it took, until every replica follows it.
         previous: The state before, in the operation's own arguments (``rate_limit(
@@ -232,28 +239,67 @@ def clear_cache(stack: Any) -> AgentOpResult:
         deleted = int(answer.get("deleted", 0)) if isinstance(answer, dict) else 0
         return AgentOpResult("clear_cache", "admin", f"POST {path}: {deleted} key(s) deleted",
                              time.monotonic() - t0, deleted=deleted)
+    deleted = 0
+    with _cache_redis(stack, "clear_cache") as client:
+        for batch in _agent_key_batches(client, contract.cache_keys):
+            deleted += int(client.unlink(*batch))
+    return AgentOpResult("clear_cache", "redis",
+                         f"{deleted} key(s) matching {', '.join(contract.cache_keys)} deleted",
+                         time.monotonic() - t0, deleted=deleted)
+
+
+def cache_ttls(stack: Any) -> dict[str, int]:
+    """The TTL, in seconds, of every key of the agent's cache (``contract.cache_keys``);
+    -1 for a key that never expires. agentverify's own keys (``agentverify:*``, e.g. a
+    backup rehearsal's seeded data) are never among them, whatever the patterns.
+
+    Raises:
+        AgentOpError: Redis could not be reached.
+    """
+    ttls: dict[str, int] = {}
+    with _cache_redis(stack, "cache_ttls") as client:
+        for batch in _agent_key_batches(client, _contract(stack).cache_keys):
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.ttl(key)
+            for key, ttl in zip(batch, pipe.execute(), strict=True):
+                if int(ttl) != -2:  # -2: expired between the scan and now
+                    ttls[key.decode("utf-8", "backslashreplace")] = int(ttl)
+    return ttls
+
+
+@contextlib.contextmanager
+def _cache_redis(stack: Any, operation: str) -> Iterator[Any]:
+    """A client on the stack's Redis; its errors become one AgentOpError."""
     import redis
 
     from agentverify.backup import service_name
 
     url = str(stack.service(service_name(stack, "cache")).url()) + "/0"
-    deleted = 0
     try:
         with redis.Redis.from_url(url) as client:
-            for pattern in contract.cache_keys:
-                batch: list[bytes] = []
-                for key in client.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 500:
-                        deleted += int(client.unlink(*batch))
-                        batch = []
-                if batch:
-                    deleted += int(client.unlink(*batch))
+            yield client
     except redis.RedisError as exc:
-        raise AgentOpError(f"clear_cache: Redis at {url}: {exc}") from exc
-    return AgentOpResult("clear_cache", "redis",
-                         f"{deleted} key(s) matching {', '.join(contract.cache_keys)} deleted",
-                         time.monotonic() - t0, deleted=deleted)
+        raise AgentOpError(f"{operation}: Redis at {url}: {exc}") from exc
+
+
+def _agent_key_batches(client: Any, patterns: list[str], size: int = 500) -> Iterator[list[bytes]]:
+    """The keys matching ``patterns`` (SCAN, never KEYS), each once, in batches;
+    agentverify's own namespace is left out by construction."""
+    seen: set[bytes] = set()
+    batch: list[bytes] = []
+    own = AGENTVERIFY_KEY_PREFIX.encode()
+    for pattern in patterns:
+        for key in client.scan_iter(match=pattern, count=1000):
+            if key.startswith(own) or key in seen:
+                continue
+            seen.add(key)
+            batch.append(key)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 # --------------------------------------------------------------------------- LLM
@@ -300,3 +346,48 @@ def switch_llm(stack: Any, use: Literal["primary", "backup"], *,
                          f"model.model_name {target.model_name} (the {use}) in config.yaml, "
                          f"{restarted} replica(s) restarted one at a time",
                          time.monotonic() - t0, previous, replicas_restarted=restarted)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def rotate_logs(stack: Any) -> AgentOpResult:
+    """Rotate every replica's request log now (the seed's ``rotate_logs``).
+
+    With ``stack.agent.contract.logs.reopen_signal`` each file is renamed (``NAME.1``)
+    and every replica is sent the signal to reopen it; without one each file is copied
+    and truncated in place. ``previous`` holds nothing (there is nothing to put back).
+
+    Raises:
+        AgentOpError: the agent is given no log file, a replica has written none,
+            logrotate failed, or a replica could not be signalled.
+    """
+    import signal
+
+    from agentverify import logrotate
+    from agentverify.errors import StackError
+
+    t0 = time.monotonic()
+    reopen = _contract(stack).section.logs.reopen_signal
+    try:
+        files = {r.instance: stack.agent_log(r.instance) for r in stack.replicas}
+    except StackError as exc:
+        raise AgentOpError(f"rotate_logs: {exc}") from None
+    silent = [f"{name} ({path})" for name, path in files.items() if not path.is_file()]
+    if silent:
+        raise AgentOpError(f"rotate_logs: no request log written by {', '.join(silent)}: "
+                           "the agent must write it where stack.agent.variables.log_file "
+                           "tells it to (or set it to null if it keeps no log)")
+    workdir = stack.run.run_dir / "logrotate"
+    mode: logrotate.Mode = "rename" if reopen else "copytruncate"
+    logrotate.rotate(list(files.values()), mode=mode, workdir=workdir)
+    if reopen:
+        for name in files:  # the postrotate: through the Stack, on every backend
+            try:
+                stack.signal(name, signal.Signals[reopen])
+            except StackError as exc:
+                raise AgentOpError(f"rotate_logs: {exc}") from None
+    how = f"renamed, {reopen} sent to each replica" if reopen else "copied and truncated"
+    return AgentOpResult("rotate_logs", "logrotate" if reopen else "copytruncate",
+                         f"{len(files)} request log(s) rotated by logrotate ({how})",
+                         time.monotonic() - t0)

@@ -90,8 +90,9 @@ class ResourcesConfig(_Section):
 
 class VersionConfig(_Section):
     """Knobs of one agent version. The reference agent honours ``fail_health``,
-    ``error_rate`` and ``latency_ms``, so a rehearsal can roll out a version that is broken
-    on purpose; any agent gets ``env`` (e.g. its own fault flag)."""
+    ``error_rate``, ``latency_ms``, ``health_ignores``, ``cache_required``,
+    ``cache_without_ttl`` and ``drop_max_tokens``, so a rehearsal can run a version that is
+    broken on purpose; any agent gets ``env`` (e.g. its own fault flag)."""
 
     fail_health: bool = Field(False, description="GET /health answers 503")
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of /chat answered 500")
@@ -100,6 +101,11 @@ class VersionConfig(_Section):
         default_factory=list, description="dependencies GET /health does not check (a defect)")
     cache_required: bool = Field(
         False, description="/chat fails when Redis fails (a defect: the cache is an optimisation)")
+    cache_without_ttl: bool = Field(
+        False, description="answers cached without a TTL (a defect: Redis grows until it evicts)")
+    drop_max_tokens: bool = Field(
+        False, description="chat completions asked for without max_tokens (a defect: long, "
+                           "costly answers)")
     image: str | None = Field(None, description="docker backend: the agent image of this version")
     env: dict[str, str] = Field(default_factory=dict,
                                 description="variables this version gets over stack.agent.env")
@@ -161,7 +167,7 @@ class AgentVariables(_Section):
     milvus_uri: str | None = _var("MILVUS_URI")
     milvus_host: str | None = _var("MILVUS_HOST")
     milvus_port: str | None = _var("MILVUS_PORT")
-    log_file: str | None = _var(None)
+    log_file: str | None = _var("AGENT_LOG_FILE")
 
     @model_validator(mode="after")
     def _distinct(self) -> AgentVariables:

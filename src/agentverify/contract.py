@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "AGENTVERIFY_KEY_PREFIX",
     "AdminSection",
     "AgentContract",
     "AgentReply",
@@ -86,6 +87,9 @@ __all__ = [
 
 #: how much of a reply a message quotes
 QUOTE_CHARS = 300
+#: the Redis namespace of the keys agentverify writes itself (a backup rehearsal's seeded
+#: data): never the agent's, so no ``cache_keys`` pattern may name it
+AGENTVERIFY_KEY_PREFIX = "agentverify:"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TEMPLATE_NAMES = ("message", "session")
@@ -251,12 +255,19 @@ class AdminSection(Section):
 
 class LogsSection(Section):
     """The agent's request log, for log-rotation rehearsals: the file is the variable
-    ``stack.agent.variables.log_file`` names (in the replica's data directory)."""
+    ``stack.agent.variables.log_file`` names (in the replica's data directory).
+
+    ``format``: ``json`` (one object per line; ``request_id_field`` is the key of the
+    request id, dots for nested keys) or ``text`` (the id appears in the line as a word).
+    ``request_id_header``: the reply header carrying the same id (null: a reply cannot be
+    tied to its line, and the rotation's counts are inconclusive). ``reopen_signal``:
+    what makes the agent reopen the file after it was moved (null: it cannot, and the
+    file is rotated by copying and truncating it, as logrotate's ``copytruncate``)."""
 
     format: Literal["json", "text"] = "json"
-    request_id_field: str = "request_id"
-    request_id_header: str | None = None
-    reopen_signal: Literal["SIGHUP", "SIGUSR1", "SIGUSR2"] | None = None
+    request_id_field: str = Field("request_id", min_length=1)
+    request_id_header: str | None = Field("X-Request-Id", pattern=_HEADER_NAME.pattern)
+    reopen_signal: Literal["SIGHUP", "SIGUSR1", "SIGUSR2"] | None = "SIGHUP"
 
 
 class ContractSection(Section):
@@ -289,6 +300,9 @@ class ContractSection(Section):
             if not pattern or pattern.strip("*?") == "":
                 raise ValueError(f"{pattern!r} would match every key: name the agent's answer "
                                  "keys, e.g. 'agent:answer:*'")
+            if pattern.startswith(AGENTVERIFY_KEY_PREFIX):
+                raise ValueError(f"{pattern!r} is agentverify's own namespace "
+                                 f"({AGENTVERIFY_KEY_PREFIX}*): name the agent's answer keys")
         return value
 
 

@@ -45,7 +45,8 @@ __all__ = [
 TOKEN_KINDS = ("prompt", "completion", "embedding")
 
 _LEDGER_FIELDS = ("requests", "errors", "chat_requests", "embedding_requests",
-                  "prompt_tokens", "completion_tokens", "embedding_tokens")
+                  "prompt_tokens", "completion_tokens", "embedding_tokens",
+                  "calls_without_max_tokens")
 
 
 def format_usd(value: float) -> str:
@@ -68,6 +69,8 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     embedding_tokens: int = 0
+    #: chat calls that asked for no completion limit (answered or not)
+    calls_without_max_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -99,6 +102,30 @@ class LedgerDelta:
             if usage != ModelUsage():
                 out[name] = usage
         return cls(out)
+
+    @classmethod
+    def of_calls(cls, calls: Iterable[Mapping[str, Any]]) -> LedgerDelta:
+        """The usage of calls of the LLM stub's call log (``GET /ledger/calls``); only
+        answered calls (status 200) were billed.
+
+        Example:
+            >>> LedgerDelta.of_calls([{"endpoint": "chat", "model": "m", "status": 200,
+            ...                        "prompt_tokens": 9, "completion_tokens": 3}]).tokens
+            12
+        """
+        sums: dict[str, dict[str, int]] = {}
+        for call in calls:
+            model = sums.setdefault(str(call.get("model")), dict.fromkeys(_LEDGER_FIELDS, 0))
+            if call.get("endpoint") == "chat" and call.get("max_tokens") is None:
+                model["calls_without_max_tokens"] += 1
+            if call.get("status") != 200:
+                model["errors"] += 1
+                continue
+            model["requests"] += 1
+            model["chat_requests" if call.get("endpoint") == "chat" else "embedding_requests"] += 1
+            for key in ("prompt_tokens", "completion_tokens", "embedding_tokens"):
+                model[key] += int(call.get(key) or 0)
+        return cls({name: ModelUsage(**counts) for name, counts in sums.items()})
 
     def total(self, attr: str) -> int:
         """Sum one :class:`ModelUsage` field over every model."""

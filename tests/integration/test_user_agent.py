@@ -118,6 +118,22 @@ def test_the_example_passes_the_bundled_load_and_cost_controls(
     assert stack.agent_config == example.config  # the previous limit was put back
 
 
+def test_the_example_passes_the_bundled_operations(example: AgentVerifySession) -> None:
+    """Its model changes through its config file, its own request log (SUPPORT_LOG_FILE,
+    its X-Request-Id, SIGHUP) is rotated without a lost line, and it restarts cleanly."""
+    results = {s.name: example.run_scenario(s) for s in scenarios("operations.yaml")}
+    assert all(passed(r) for r in results.values()), {n: r.error for n, r in results.items()}
+    update = results["model-update"].facts
+    assert (update["model_before"], set(update["models_after_update"])) == ("gpt-4o-mini",
+                                                                           {"gpt-4o"})
+    # gpt-4o costs about 16 times gpt-4o-mini: the change shows, priced from the ledger
+    assert update["cost_per_request_after_usd"] > 5 * update["cost_per_request_before_usd"]
+    rotation = results["log-rotation"].facts
+    assert rotation["log_requests_checked"] >= 30 and rotation["log_requests_lost"] == 0
+    stack = example.stack()
+    assert stack.agent_config == example.config and stack.versions == ["v1"] * 3
+
+
 def test_the_example_passes_the_bundled_backup_and_restore(
         example: AgentVerifySession) -> None:
     (spec,) = scenarios("backup_restore.yaml")

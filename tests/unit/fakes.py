@@ -85,6 +85,13 @@ class FakeBackend:
         handle.state.running = False
         handle.state.exit_code = -9
 
+    def signal(self, handle: Handle, sig: int) -> None:
+        from agentverify.errors import StackError
+
+        if not handle.state.running:
+            raise StackError(f"{handle.name} is not running")
+        self.calls.append(("signal", f"{handle.key}: {sig}"))
+
     def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         self.calls.append(("restart", handle.key))
         self.stop(handle)

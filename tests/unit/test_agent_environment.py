@@ -36,7 +36,8 @@ def test_the_reference_agent_gets_every_default_variable() -> None:
     assert env == {
         "ENVIRONMENT": "dev", "AGENT_CONFIG": "${confdir}/config.yaml", "AGENT_VERSION": "v2",
         "AGENT_FAIL_HEALTH": "0", "AGENT_ERROR_RATE": "0.0", "AGENT_LATENCY_MS": "0",
-        "AGENT_HEALTH_IGNORE": "", "AGENT_CACHE_REQUIRED": "0",
+        "AGENT_HEALTH_IGNORE": "", "AGENT_CACHE_REQUIRED": "0", "AGENT_CACHE_NO_TTL": "0",
+        "AGENT_DROP_MAX_TOKENS": "0", "AGENT_LOG_FILE": "${datadir}/agent.log",
         "MILVUS_HOST": "${host:milvus}", "MILVUS_PORT": "${port:milvus:grpc}",
         "MILVUS_URI": "${url:milvus:grpc}", "REDIS_URL": "redis://${addr:redis}/0",
         "OPENAI_BASE_URL": "${url:llm}/v1", "HOST": "${bind}", "PORT": "${port:http}",

@@ -282,3 +282,32 @@ def test_pull_only_when_configured_and_show_progress(spec) -> None:
     backend._client = _Registry(fail="manifest unknown")  # type: ignore[assignment]
     with pytest.raises(BackendUnavailable, match="pulling redis:8 failed: manifest unknown"):
         backend._ensure_image(replace(spec["redis"], image="redis:8"))
+
+
+def test_signal_is_docker_kill_with_the_signals_name(spec, monkeypatch) -> None:
+    import signal
+
+    import docker.errors
+
+    class Container:
+        def __init__(self, running: bool) -> None:
+            self.running, self.sent = running, []
+
+        def kill(self, signal: str | None = None) -> None:
+            if not self.running:
+                response = type("Response", (), {"status_code": 409, "reason": "Conflict"})()
+                raise docker.errors.APIError("Container is not running", response=response)
+            self.sent.append(signal)
+
+    backend = DockerBackend()
+    handle = _handle(backend, spec, "agent", "agent-1")
+    running = Container(True)
+    monkeypatch.setattr(backend, "_container", lambda h: running)
+    backend.signal(handle, signal.SIGHUP)
+    assert running.sent == ["SIGHUP"]
+    monkeypatch.setattr(backend, "_container", lambda h: Container(False))
+    with pytest.raises(StackError, match="agent-1 is not running: cannot send it SIGUSR1"):
+        backend.signal(handle, signal.SIGUSR1)
+    monkeypatch.setattr(backend, "_container", lambda h: None)
+    with pytest.raises(StackError, match="container is gone"):
+        backend.signal(handle, signal.SIGHUP)

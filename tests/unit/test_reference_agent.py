@@ -225,7 +225,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AGENT_CONFIG", "REDIS_URL", "MILVUS_HOST", "MILVUS_PORT", "OPENAI_BASE_URL",
                  "OPENAI_BACKUP_BASE_URL", "OPENAI_API_KEY", "OPENAI_BACKUP_API_KEY",
                  "AGENT_VERSION", "AGENT_REPLICA", "AGENT_FAIL_HEALTH", "AGENT_ERROR_RATE",
-                 "AGENT_LATENCY_MS"):
+                 "AGENT_LATENCY_MS", "AGENT_LOG_FILE", "AGENT_CACHE_NO_TTL",
+                 "AGENT_DROP_MAX_TOKENS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -607,6 +608,50 @@ def test_fault_knobs(fakes: tuple[FakeRedis, FakeVectorStore, FakeLLM]) -> None:
         assert _metric(text, "requests_error_total", error="injected") == 2
         assert _metric(text, "requests_total", type="chat") == 4
         assert _metric(text, "agent_info", version="v9", replica="2") == 1
+
+
+def test_cost_defect_knobs_cache_without_ttl_and_drop_max_tokens(
+        fakes: tuple[FakeRedis, FakeVectorStore, FakeLLM]) -> None:
+    redis, _, llm = fakes
+    settings = AgentSettings(cache_without_ttl=True, drop_max_tokens=True)
+    for client in _client(fakes, settings):
+        assert client.post("/chat", json={"message": "How do I reset?"}).status_code == 200
+    key = answer_key("gpt-4", "How do I reset?")
+    assert key in redis.data and key not in redis.ttls  # SET, no expiry
+    chat_body = json.loads(llm.requests[-1].content)
+    assert "max_tokens" not in chat_body and chat_body["model"] == "gpt-4"
+    env = {"AGENT_CACHE_NO_TTL": "1", "AGENT_DROP_MAX_TOKENS": "true", "AGENT_LOG_FILE": "/x.log"}
+    s = load_settings(environ=env)
+    assert (s.cache_without_ttl, s.drop_max_tokens, s.log_file) == (True, True, "/x.log")
+    assert (load_settings(environ={}).cache_without_ttl, load_settings(environ={}).log_file) == \
+        (False, None)
+
+
+def test_every_request_is_one_log_line_with_the_reply_request_id(
+        fakes: tuple[FakeRedis, FakeVectorStore, FakeLLM], tmp_path: Path) -> None:
+    path = tmp_path / "agent.log"
+    settings = AgentSettings(log_file=str(path), replica="agent-1", version="v2")
+    for client in _client(fakes, settings):
+        replies = [client.post("/chat", json={"message": "How do I reset?"}),
+                   client.post("/chat", json={"message": ""}),            # 422
+                   client.get("/health"),
+                   client.post("/chat", json={"message": "q"}, headers={"X-Request-Id": "given-1"}),
+                   client.post("/chat", json={"message": "q"}, headers={"X-Request-Id": "bad id"})]
+        first = [json.loads(line) for line in path.read_text().splitlines()]
+        # what logrotate does: the file is moved away, then the agent is told to reopen
+        path.rename(tmp_path / "agent.log.1")
+        client.app.state.request_log.reopen()
+        replies.append(client.get("/version"))
+        second = [json.loads(line) for line in path.read_text().splitlines()]
+    ids = [r.headers["X-Request-Id"] for r in replies]
+    assert [line["request_id"] for line in first + second] == ids
+    assert ids[3] == "given-1" and ids[4] != "bad id" and len(set(ids)) == 6
+    assert [line["status"] for line in first] == [200, 422, 200, 200, 200]
+    assert len(second) == 1 and second[0]["path"] == "/version"
+    assert first[0]["method"] == "POST" and first[0]["path"] == "/chat"
+    assert (first[0]["replica"], first[0]["version"]) == ("agent-1", "v2")
+    assert first[0]["duration_ms"] >= 0 and first[0]["ts"].endswith("Z")
+    assert len((tmp_path / "agent.log.1").read_text().splitlines()) == 5
 
 
 def test_rate_limit_admin_and_429(client: TestClient) -> None:

@@ -147,6 +147,30 @@ def test_restart_keeps_the_service_serving(tmp_path: Path) -> None:
         assert after in stack.instances() and before not in stack.instances()
 
 
+def test_signal_reaches_the_named_instance_and_a_replica_has_a_data_path_and_log(
+        tmp_path: Path) -> None:
+    import signal
+
+    from agentverify.errors import StackError
+
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        assert stack.signal("agent-1", signal.SIGHUP) is stack.replicas[1].handle
+        assert ("signal", f"agent-1.g1: {int(signal.SIGHUP)}") in backend.calls
+        stack.signal("redis", signal.SIGUSR1)
+        assert stack.data_path("agent-2") == stack.replicas[2].handle.state.dirs.data
+        assert stack.agent_log("agent-2") == stack.data_path("agent-2") / "agent.log"
+        stack.rolling_update("v2")  # a new generation: its own directory
+        assert stack.agent_log("agent-2").parent.parent.name == "agent-2.g2"
+        with pytest.raises(StackError, match="not an agent replica"):
+            stack.agent_log("redis")
+        stack.kill("agent-0")
+        with pytest.raises(StackError, match="not running"):
+            stack.signal("agent-0", signal.SIGHUP)
+        with pytest.raises(StackError, match="not running"):
+            stack.signal("agent-9", signal.SIGHUP)
+
+
 def test_a_rolling_restart_replaces_every_replica_on_its_version(tmp_path: Path) -> None:
     backend = FakeBackend()
     with _stack(tmp_path, backend) as stack:

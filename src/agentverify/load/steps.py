@@ -4,8 +4,9 @@
 ``load``         Locust load through the load balancer (child process; ``workers: N`` for
                  master/worker mode): latency, throughput, errors, the run's tokens and
                  dollars from the LLM ledger, cross-checked against ``token_usage_total``
-                 in Prometheus; stops early on an SLO breach (``slo.abort_on_fail``) or
-                 when the budget is spent
+                 in Prometheus, and the chat calls that asked for no ``max_tokens``;
+                 stops early on an SLO breach (``slo.abort_on_fail``) or when the budget
+                 is spent
 ``cache_cost``   two short loads at a low and a high repeat ratio: cost per request falls
                  as the cache hit ratio rises, and a cache hit makes no LLM call
 ``load_start``   Locust load in the background while the next steps run (a game day's
@@ -152,6 +153,7 @@ LOAD_FACTS = (
     "cost_violations", "cost_violation",
     "cache_hits", "cache_misses", "cache_hit_ratio", "metric_cache_hit_ratio",
     "cache_hit_llm_calls", "max_completion_tokens", "max_tokens_limit",
+    "calls_without_max_tokens",
 )
 
 
@@ -248,6 +250,9 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
                             if result.cache_hit_ratio is not None else None),
         "max_completion_tokens": result.max_completion_tokens,
         "max_tokens_limit": config.model.max_tokens,
+        # the LLM stub answers an unbounded call long, as a model does: what it costs
+        # shows in cost_per_request_usd
+        "calls_without_max_tokens": delta.total("calls_without_max_tokens"),
     }
     if not plan.locustfile:
         # every fresh answer is one chat completion; anything beyond is an LLM call made

@@ -1,7 +1,9 @@
 """The agent's HTTP application: :func:`create_app` and its routes.
 
-Routes (JSON in and out; every response carries ``X-Agent-Version`` and
-``X-Agent-Replica``):
+Routes (JSON in and out; every response carries ``X-Agent-Version``,
+``X-Agent-Replica`` and ``X-Request-Id``, and is one line of the request log
+``AGENT_LOG_FILE`` when it is set: :mod:`~agentverify.reference_agent.requestlog`; SIGHUP
+reopens the file):
 
 ==========================  ===========================================================
 ``POST /chat``              ``{"message", "session_id"?}`` -> answer, sources, usage
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -38,6 +41,7 @@ from agentverify.reference_agent.cache import CacheError
 from agentverify.reference_agent.faults import ErrorInjector
 from agentverify.reference_agent.llm import LLMClient, RetryPolicy
 from agentverify.reference_agent.metrics import AgentMetrics
+from agentverify.reference_agent.requestlog import RequestLog, RequestLogMiddleware
 from agentverify.reference_agent.service import (
     AgentService,
     ChatFailure,
@@ -111,6 +115,19 @@ class _IdentityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _reopen_on_sighup(request_log: RequestLog, stack: AsyncExitStack) -> None:
+    """SIGHUP reopens the request log (logrotate's ``postrotate``) instead of ending the
+    process (its default). Only the main thread's loop can take a signal handler (under
+    uvicorn it is; an app driven from another thread, as in unit tests, goes without)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, request_log.reopen)
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        log.warning("SIGHUP will not reopen the request log here: %s", exc)
+        return
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+
 def create_app(
     settings: AgentSettings | None = None,
     *,
@@ -145,10 +162,14 @@ def create_app(
     metrics = AgentMetrics(settings, registry)
     injector = ErrorInjector(settings.error_rate)
     identity = {"version": settings.version, "replica": settings.replica}
+    request_log = RequestLog(settings.log_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.callback(request_log.close)
+            if settings.log_file:
+                _reopen_on_sighup(request_log, stack)
             redis_client = redis
             if redis_client is None:
                 redis_client = make_redis(settings.cache.url)
@@ -189,7 +210,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.request_log = request_log
     app.add_middleware(_IdentityHeaders, version=settings.version, replica=settings.replica)
+    # outermost: a request is logged with the status the client gets, whatever failed
+    app.add_middleware(RequestLogMiddleware, log=request_log, identity=identity)
 
     def service_of(request: Request) -> AgentService:
         return request.app.state.service  # type: ignore[no-any-return]

@@ -43,15 +43,16 @@ def answer_key(model_name: str, message: str) -> str:
 
 
 class AnswerCache:
-    """Cached answers in Redis, stored as JSON with ``SETEX``.
+    """Cached answers in Redis, stored as JSON with ``SETEX`` (``SET`` without a TTL).
 
     Args:
         redis: A ``redis.asyncio.Redis`` (or anything with ``get``, ``setex``,
             ``scan_iter``, ``unlink``), created with ``decode_responses=True``.
-        ttl: Seconds an answer lives.
+        ttl: Seconds an answer lives; None stores it without expiry (a defect knob:
+            ``AGENT_CACHE_NO_TTL``).
     """
 
-    def __init__(self, redis: Any, ttl: int) -> None:
+    def __init__(self, redis: Any, ttl: int | None) -> None:
         """Wrap a Redis client; see the class docstring."""
         self._redis = redis
         self._ttl = ttl
@@ -75,13 +76,17 @@ class AnswerCache:
         return value if isinstance(value, dict) else None
 
     async def put(self, key: str, value: dict[str, Any]) -> None:
-        """Store an answer for ``ttl`` seconds.
+        """Store an answer for ``ttl`` seconds (for ever when ``ttl`` is None).
 
         Raises:
             CacheError: Redis failed.
         """
+        raw = json.dumps(value, separators=(",", ":"))
         try:
-            await self._redis.setex(key, self._ttl, json.dumps(value, separators=(",", ":")))
+            if self._ttl is None:
+                await self._redis.set(key, raw)
+            else:
+                await self._redis.setex(key, self._ttl, raw)
         except (RedisError, OSError) as exc:
             raise CacheError(f"cache write failed: {type(exc).__name__}: {exc}") from exc
 

@@ -267,19 +267,21 @@ class LLMClient:
         messages: Sequence[dict[str, str]],
         *,
         temperature: float = 0.7,
-        max_tokens: int = 2000,
+        max_tokens: int | None = 2000,
     ) -> ChatResult:
-        """One chat completion with ``endpoint.model_name``.
+        """One chat completion with ``endpoint.model_name`` (``max_tokens`` None: no
+        limit is asked for).
 
         Raises:
             LLMError: After the retries are spent, or on a malformed answer.
         """
-        body = {
+        body: dict[str, Any] = {
             "model": endpoint.model_name,
             "messages": list(messages),
             "temperature": temperature,
-            "max_tokens": max_tokens,
         }
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         data = await self._post(endpoint, "/chat/completions", endpoint.model_name, body)
         try:
             choice = data["choices"][0]

@@ -152,7 +152,7 @@ class AgentService:
         self.redis = redis
         self.vector_store = vector_store
         self.llm = llm
-        self.cache = AnswerCache(redis, settings.cache.ttl)
+        self.cache = AnswerCache(redis, None if settings.cache_without_ttl else settings.cache.ttl)
         self.limiter = RateLimiter(redis)
         self.rate_limit = rate_limit_setting(redis, settings.rate_limit)
         self.active_llm: SharedSetting[str] = SharedSetting(
@@ -247,7 +247,8 @@ class AgentService:
         try:
             result = await self.llm.chat(
                 endpoint, build_messages(request.message, passages),
-                temperature=model.temperature, max_tokens=model.max_tokens,
+                temperature=model.temperature,
+                max_tokens=None if self.settings.drop_max_tokens else model.max_tokens,
             )
         except LLMError as exc:
             log.warning("chat completion failed: %s", exc)

@@ -77,8 +77,9 @@ class AgentSettings(SeedConfig):
     """Everything one agent replica needs, resolved once at start-up: the seed-format
     file (one schema, :mod:`agentverify.seed`) plus what only an agent knows.
 
-    The fault knobs (``fail_health``, ``error_rate``, ``latency_ms``) only come from the
-    environment; rehearsals set them on one replica to prove the gates catch it.
+    The fault knobs (``fail_health``, ``error_rate``, ``latency_ms``, ``health_ignores``,
+    ``cache_required``, ``cache_without_ttl``, ``drop_max_tokens``) only come from the
+    environment; rehearsals set them on a version to prove the gates catch it.
     """
 
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -91,6 +92,12 @@ class AgentSettings(SeedConfig):
     health_ignores: list[str] = Field(default_factory=list)
     #: /chat fails when Redis fails (a defect: the cache is only an optimisation)
     cache_required: bool = False
+    #: answers are cached without a TTL (a defect: the cache grows until Redis evicts or dies)
+    cache_without_ttl: bool = False
+    #: chat completions are asked for without ``max_tokens`` (a defect: long, costly answers)
+    drop_max_tokens: bool = False
+    #: the request log (one JSON line per request; SIGHUP reopens it); None: not written
+    log_file: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -212,6 +219,12 @@ def _apply_environment(
     if "AGENT_CACHE_REQUIRED" in environ:
         data["cache_required"] = environ["AGENT_CACHE_REQUIRED"].strip().lower() in {
             "1", "true", "yes", "on"}
+    for var, key in (("AGENT_CACHE_NO_TTL", "cache_without_ttl"),
+                     ("AGENT_DROP_MAX_TOKENS", "drop_max_tokens")):
+        if var in environ:
+            data[key] = environ[var].strip().lower() in {"1", "true", "yes", "on"}
+    if environ.get("AGENT_LOG_FILE", "").strip():
+        put(data, "log_file", "log_file", "AGENT_LOG_FILE")
     if environ.get("AGENT_LATENCY_MS", "").strip():
         data["latency_ms"] = _float_env(environ, "AGENT_LATENCY_MS")
         origin["latency_ms"] = "AGENT_LATENCY_MS"

@@ -42,6 +42,7 @@ from agentverify.backup import (
     service_name,
     tamper,
 )
+from agentverify.contract import AGENTVERIFY_KEY_PREFIX
 from agentverify.errors import BackupRestoreError, ScenarioError
 from agentverify.gates import Inconclusive
 from agentverify.scenarios.registry import StepParams, step
@@ -69,7 +70,8 @@ class SeedParams(StepParams):
     entities: int = Field(16, ge=0, le=100_000,
                           description="extra entities in the knowledge collection")
     collection: str | None = Field(None, description="default: vector_store.collection")
-    prefix: str = Field("agentverify:backup:", min_length=1)
+    prefix: str = Field(AGENTVERIFY_KEY_PREFIX + "backup:", pattern="^" + AGENTVERIFY_KEY_PREFIX,
+                        description="agentverify's own namespace: never the agent's keys")
     cleanup: bool = Field(True, description="remove the seeded data after the scenario")
 
 

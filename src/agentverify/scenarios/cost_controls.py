@@ -1,19 +1,23 @@
-"""The agent's cost controls, checked through the load balancer: token cap and rate limit.
+"""The agent's cost controls: token cap, rate limit and cache hygiene.
 
-==============  ===========================================================================
-``max_tokens``  fresh questions: no completion the LLM ledger billed for them is longer
-                than ``model.max_tokens``, and the usage the agent's replies report (when
-                its contract maps ``completion_tokens``) is what the ledger billed
-``rate_limit``  sets a per-client limit on the fleet (:func:`agentverify.agent_ops.rate_limit`:
-                the admin endpoint, or config.yaml and a rolling restart), bursts one
-                client (the contract's ``client_id_header``) through the load balancer:
-                beyond the rate it answers 429 with ``Retry-After``, another client is
-                not limited; the previous setting is restored afterwards
-==============  ===========================================================================
+=================  ========================================================================
+``max_tokens``     fresh questions: no completion the LLM ledger billed for them is longer
+                   than ``model.max_tokens``, and the usage the agent's replies report
+                   (when its contract maps ``completion_tokens``) is what the ledger billed
+``rate_limit``     sets a per-client limit on the fleet (:func:`agentverify.agent_ops.rate_limit`:
+                   the admin endpoint, or config.yaml and a rolling restart), bursts one
+                   client (the contract's ``client_id_header``) through the load balancer:
+                   beyond the rate it answers 429 with ``Retry-After``, another client is
+                   not limited; the previous setting is restored afterwards
+``cache_hygiene``  every key of the agent's cache in Redis (``contract.cache_keys``) has a
+                   TTL no longer than ``cache.ttl``: an agent that caches without one fills
+                   Redis until it evicts or dies
+=================  ========================================================================
 
-Both send plain HTTP requests from this process (no Locust), through the agent's
-contract: they measure a control, not throughput. The Locust steps (``load``,
-``cache_cost``) are in :mod:`agentverify.load.steps`.
+The first two send plain HTTP requests from this process (no Locust), through the
+agent's contract: they measure a control, not throughput. The Locust steps (``load``,
+``cache_cost``) are in :mod:`agentverify.load.steps`; ``load`` also counts the chat calls
+that asked for no completion limit (``calls_without_max_tokens``).
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from agentverify.scenarios.smoke import load_prompts
 if TYPE_CHECKING:
     from agentverify.scenarios.runner import ScenarioContext
 
-__all__: list[str] = []
+__all__ = ["ledger_calls"]
 
 
-def _ledger_calls(ctx: ScenarioContext, since: int, limit: int | None = None) -> dict[str, Any]:
+def ledger_calls(ctx: ScenarioContext, since: int, limit: int | None = None) -> dict[str, Any]:
     """The LLM stub's call log above ``since`` (``{"calls", "last_seq", "dropped"}``)."""
     url = ctx.llm_url() + "/ledger/calls"
     params = {"since": since} if limit is None else {"since": since, "limit": limit}
@@ -77,7 +81,7 @@ def max_tokens(ctx: ScenarioContext, params: MaxTokensParams) -> dict[str, Any]:
     messages = [f"{prompts[i % len(prompts)]} (max-tokens check {tag}-{i})"
                 for i in range(params.requests)]
     before = ctx.ledger()
-    since = _ledger_calls(ctx, 0, limit=1)["last_seq"]  # only the cursor
+    since = ledger_calls(ctx, 0, limit=1)["last_seq"]  # only the cursor
 
     def ask(message: str, client: httpx.Client) -> AgentReply:
         return ctx.contract.ask(client, message, base_url=ctx.stack.lb_url)
@@ -93,7 +97,7 @@ def max_tokens(ctx: ScenarioContext, params: MaxTokensParams) -> dict[str, Any]:
         raise ScenarioError(f"max_tokens: {len(failed)} of {len(answers)} questions failed "
                             f"(statuses {sorted(set(failed))})")
     delta = LedgerDelta.between(before, settled_ledger(ctx.ledger))
-    log = _ledger_calls(ctx, since)
+    log = ledger_calls(ctx, since)
     billed = [int(c.get("completion_tokens") or 0) for c in log["calls"]
               if c.get("endpoint") == "chat" and c.get("status") == 200]
     longest = max(billed, default=0)
@@ -198,3 +202,34 @@ def rate_limit(ctx: ScenarioContext, params: RateLimitParams) -> dict[str, Any]:
                                                   "replica answered")),
         "rate_limit_set_seconds": round(done.seconds, 3),
     }
+
+
+# --------------------------------------------------------------------------- cache_hygiene
+
+
+@step("cache_hygiene", facts=("cache_keys_checked", "keys_without_ttl", "keys_over_ttl",
+                              "max_ttl_s", "cache_ttl_s"))
+def cache_hygiene(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
+    """Every key the agent cached in Redis expires, and within ``cache.ttl``.
+
+    The keys are those matching ``stack.agent.contract.cache_keys``, read from the live
+    Redis: what the run wrote that is still there (a key with a TTL may have expired; one
+    without is there for good). agentverify's own keys are never counted.
+    """
+    limit = ctx.config.cache.ttl
+    ttls = agent_ops.cache_ttls(ctx.stack)
+    patterns = ", ".join(ctx.contract.cache_keys)
+    if not ttls:
+        why = Inconclusive(f"no Redis key matches stack.agent.contract.cache_keys "
+                           f"({patterns}): nothing cached, or the patterns are not the agent's")
+        return {"cache_keys_checked": 0, "keys_without_ttl": why, "keys_over_ttl": why,
+                "max_ttl_s": why, "cache_ttl_s": limit}
+    never = [k for k, t in ttls.items() if t < 0]
+    over = [k for k, t in ttls.items() if t > limit]
+    longest = max((t for t in ttls.values() if t >= 0), default=None)
+    ctx.say(f"  {len(ttls)} cached key(s) matching {patterns}: {len(never)} without a TTL "
+            f"(never expire), {len(over)} with a TTL over cache.ttl {limit}s, "
+            + (f"longest TTL {longest}s" if longest is not None else "none has a TTL")
+            + (f"; e.g. {never[0]}" if never else ""))
+    return {"cache_keys_checked": len(ttls), "keys_without_ttl": len(never),
+            "keys_over_ttl": len(over), "max_ttl_s": longest, "cache_ttl_s": limit}

@@ -52,6 +52,8 @@ class ProbeSample:
     replica: str | None
     #: upstreams nginx tried for this request (2 or more: it was retried on another replica)
     attempts: int = 1
+    #: the reply's request id (``stack.agent.contract.logs.request_id_header``), if any
+    request_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -181,7 +183,11 @@ class Probe:
         self._client = httpx.Client(timeout=timeout, limits=limits) if limits else \
             httpx.Client(timeout=timeout)
         self._samples: list[ProbeSample] = []
+        #: send times of the requests still waiting for an answer, by request number
+        self._in_flight: dict[int, float] = {}
+        self._request_id_header = self.contract.section.logs.request_id_header
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
@@ -216,14 +222,25 @@ class Probe:
             n += 1
 
     def _one(self) -> None:
-        t = time.monotonic()
+        with self._lock:  # taken and registered at once: wait_answered sees every request
+            t = time.monotonic()  # sent before the moment it waits for
+            number = next(self._count)
+            self._in_flight[number] = t - self._t0
+        try:
+            self._send(t, number)
+        finally:
+            with self._answered:
+                self._in_flight.pop(number, None)
+                self._answered.notify_all()
+
+    def _send(self, t: float, number: int) -> None:
         req = self.request
         status: int | str
-        version = replica = None
+        version = replica = request_id = None
         attempts = 0
         try:
             if self.unique:
-                req = self.contract.request(f"{self.message} (probe {next(self._count)})",
+                req = self.contract.request(f"{self.message} (probe {number})",
                                             client_id=self.client_id, headers=self.headers)
             headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
             resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
@@ -231,6 +248,8 @@ class Probe:
             status = resp.status_code
             version, replica = self.contract.identity(resp.headers, resp.text)
             attempts = upstream_attempts(resp.headers.get(UPSTREAM_HEADER))
+            if self._request_id_header:
+                request_id = resp.headers.get(self._request_id_header)
             if status == 200 and self._problem is None:
                 try:
                     self.contract.parse(status, resp.headers, resp.text,
@@ -240,9 +259,22 @@ class Probe:
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica,
-                             attempts)
+                             attempts, request_id)
         with self._lock:
             self._samples.append(sample)
+
+    def wait_answered(self, until: float, timeout: float | None = None) -> bool:
+        """Wait until every request sent before ``until`` (seconds since the start) has
+        its answer or its failure recorded; False if some are still out after
+        ``timeout`` (default: the request timeout and a second)."""
+        deadline = time.monotonic() + (self.timeout + 1.0 if timeout is None else timeout)
+        with self._answered:
+            while any(sent < until for sent in self._in_flight.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._answered.wait(left)
+        return True
 
     def snapshot(self) -> ProbeReport:
         """The report so far, without stopping."""

@@ -48,6 +48,7 @@ BUILTIN_MODULES = (
     "agentverify.scenarios.backup_restore",
     "agentverify.load.steps",
     "agentverify.scenarios.cost_controls",
+    "agentverify.scenarios.operations",
     "agentverify.faults.steps",
     "agentverify.drills.steps",
 )

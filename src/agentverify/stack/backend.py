@@ -149,6 +149,14 @@ class Backend(Protocol):
     def kill(self, handle: Handle) -> None:
         """Immediate kill (SIGKILL). Idempotent."""
 
+    def signal(self, handle: Handle, sig: int) -> None:
+        """Send ``sig`` (e.g. ``signal.SIGHUP``: reopen your log) to the instance's main
+        process, the one its command started; nothing else of the instance gets it.
+
+        Raises:
+            StackError: the instance is not running.
+        """
+
     def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         """Stop and start again with the same ports and data."""
 

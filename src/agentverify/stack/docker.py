@@ -46,6 +46,7 @@ import contextlib
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -646,6 +647,24 @@ class DockerBackend:
             except docker.errors.APIError as exc:
                 if exc.status_code not in (404, 409):  # gone / not running: already dead
                     raise
+
+    def signal(self, handle: Handle, sig: int) -> None:
+        """``docker kill --signal``: the container's init (``init=True``) hands it to the
+        command's process, as the local backend signals the group leader."""
+        import docker.errors
+
+        name = signal.Signals(sig).name
+        container = self._container(handle)
+        if container is None:
+            raise StackError(f"{handle.name}: container is gone: cannot send it {name}")
+        with _docker_errors(f"sending {name} to {handle.name}"):
+            try:
+                container.kill(signal=name)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # not running
+                    raise StackError(f"{handle.name} is not running: cannot send it "
+                                     f"{name}") from None
+                raise
 
     def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         """Stop and start again, on the same host ports and data directory.

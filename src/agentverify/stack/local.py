@@ -206,6 +206,22 @@ class LocalBackend:
     def kill(self, handle: Handle) -> None:
         self.stop(handle, grace=0)
 
+    def signal(self, handle: Handle, sig: int) -> None:
+        """``sig`` to the process the command started (the group leader), not the group:
+        a daemon's children (uvicorn's workers, nginx's) are its business, and a signal
+        such as SIGHUP would end any child that does not handle it. The docker backend
+        does the same (docker's init hands the signal to the command's process only)."""
+        proc = _state(handle).proc
+        # poll(): a child not yet waited for keeps its pid, so the pid is still this one
+        if proc is None or proc.poll() is not None:
+            raise StackError(f"{handle.name} is not running: cannot send it "
+                             f"{signal.Signals(sig).name}")
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            raise StackError(f"{handle.name} (pid {proc.pid}) is gone: cannot send it "
+                             f"{signal.Signals(sig).name}") from None
+
     def restart(self, handle: Handle, *, peers: Mapping[str, Peer]) -> Handle:
         self.stop(handle)
         return self.start(handle.spec, handle.instance, peers=peers,

@@ -38,6 +38,7 @@ from agentverify.stack.wait import (
 from agentverify.traffic import nginx_conf
 
 __all__ = [
+    "AGENT_LOG_NAME",
     "DEFAULT_IMAGES",
     "Port",
     "ServiceSpec",
@@ -55,6 +56,9 @@ __all__ = [
     "ROLE_METRICS",
     "ROLE_RECEIVER",
 ]
+
+#: the agent's request log in each replica's data directory (``stack.agent.variables.log_file``)
+AGENT_LOG_NAME = "agent.log"
 
 ROLE_AGENT = "agent"
 ROLE_LB = "lb"
@@ -298,7 +302,9 @@ def agent_environment(config: Config, *, version: str,
                 "AGENT_ERROR_RATE": str(knobs.error_rate),
                 "AGENT_LATENCY_MS": str(knobs.latency_ms),
                 "AGENT_HEALTH_IGNORE": ",".join(knobs.health_ignores),
-                "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0"})
+                "AGENT_CACHE_REQUIRED": "1" if knobs.cache_required else "0",
+                "AGENT_CACHE_NO_TTL": "1" if knobs.cache_without_ttl else "0",
+                "AGENT_DROP_MAX_TOKENS": "1" if knobs.drop_max_tokens else "0"})
     # the seed's required variables (validated by the deploy rehearsal), and the URI form
     give("milvus_host", "${host:milvus}")
     give("milvus_port", "${port:milvus:grpc}")
@@ -309,7 +315,7 @@ def agent_environment(config: Config, *, version: str,
     give("model", model.model_name)
     give("host", "${bind}")
     give("port", "${port:http}")
-    give("log_file", "${datadir}/agent.log")
+    give("log_file", "${datadir}/" + AGENT_LOG_NAME)
     values = {"version": version}
     env.update({k: expand_user_template(v, values) for k, v in agent.env.items()})
     env.update({k: expand_user_template(v, values) for k, v in knobs.env.items()})

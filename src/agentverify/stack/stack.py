@@ -283,9 +283,28 @@ class Stack:
         return self.backend.name
 
     def data_path(self, name: str) -> Path:
-        """Host path of a running service's persistent data directory (read it; change it
-        only through :meth:`replace_data`)."""
-        return Path(self.backend.volume_path(self.service(name)))
+        """Host path of the data directory of a running service or agent replica
+        (``agent-1``: its serving instance's); read it, change a service's only through
+        :meth:`replace_data`. On every backend it is a directory on this machine."""
+        return Path(self.backend.volume_path(self._instance_named(name)))
+
+    def agent_log(self, name: str) -> Path:
+        """Host path of a replica's request log, the file ``stack.agent.variables.log_file``
+        names to the agent (it may not exist yet: the agent creates it).
+
+        Raises:
+            StackError: ``name`` is not a replica, or the agent is given no log file.
+        """
+        from agentverify.stack.spec import AGENT_LOG_NAME
+
+        if name not in {r.instance for r in self.replicas}:
+            raise StackError(f"{name!r} is not an agent replica (replicas: "
+                             f"{', '.join(r.instance for r in self.replicas)})")
+        config = self.agent_config
+        if config is not None and config.stack.agent.variables.log_file is None:
+            raise StackError("the agent is given no request log: stack.agent.variables."
+                             "log_file is null")
+        return self.data_path(name) / AGENT_LOG_NAME
 
     @property
     def lb_url(self) -> str:
@@ -854,6 +873,17 @@ class Stack:
         handle = self._instance_named(name)
         self.progress(ProgressEvent(handle.name, "stopping", detail="killed"))
         self.backend.kill(handle)
+        return handle
+
+    def signal(self, name: str, sig: int) -> Handle:
+        """Send ``sig`` to the main process of one instance (``agent-1``, ``redis`` ...):
+        e.g. SIGHUP, after its log was rotated, so it reopens the file.
+
+        Raises:
+            StackError: no such instance, or it is not running.
+        """
+        handle = self._instance_named(name)
+        self.backend.signal(handle, sig)
         return handle
 
     def revive(self, name: str, *, health_timeout: float | None = None) -> Handle:
