@@ -43,7 +43,10 @@ def nginx_conf(retries: int = 3) -> str:
     fails with the first replica that fails it).
     """
     if retries > 0:
-        retry = (f"proxy_next_upstream error timeout http_502 http_503 non_idempotent;\n"
+        # only a replica that cannot be reached is retried: an agent's own 502/503 (the
+        # LLM failed after the agent's retries) goes to the client — retrying it would
+        # multiply LLM calls, and nginx would count it against the replica and eject it
+        retry = (f"proxy_next_upstream error timeout non_idempotent;\n"
                  f"            proxy_next_upstream_tries {retries};")
     else:
         retry = "proxy_next_upstream off;"
@@ -78,9 +81,9 @@ http {
             proxy_connect_timeout 2s;
             proxy_read_timeout 120s;
             # A replica that is going away refuses connections; the request goes to the
-            # next one instead of failing. Only connection errors and 502/503 are retried.
-            # A retried POST runs twice (a second LLM call): rollouts drain a replica
-            # before stopping it, and the probe counts retried requests to prove it.
+            # next one instead of failing. Only connection errors and timeouts are
+            # retried. A retried POST runs twice (a second LLM call): rollouts drain a
+            # replica before stopping it, and the probe counts retried requests to prove it.
             @RETRY@
         }
     }
