@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ from agentverify import _http
 from agentverify.contract import AGENTVERIFY_KEY_PREFIX, AgentContract, quote
 from agentverify.errors import AgentOpError
 
-__all__ = ["AgentOpResult", "cache_ttls", "clear_cache", "current_llm", "current_rate_limit", "rate_limit",
+__all__ = ["AgentOpResult", "CacheEntry", "cache_entries", "cache_ttls", "clear_cache",
+           "write_cache_entry", "current_llm", "current_rate_limit", "rate_limit",
            "reconfigure", "rotate_logs", "switch_llm"]
 
 #: seconds every replica gets to report an admin change (the reference caches ~1 s)
@@ -98,11 +100,22 @@ def _contract(stack: Any) -> AgentContract:
 
 
 def _admin(stack: Any, method: str, path: str, body: Any = None) -> Any:
-    url = stack.lb_url + path
-    try:
-        resp = _http.client().request(method, url, json=body, timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise AgentOpError(f"{method} {path} on the agent: {type(exc).__name__}: {exc}") from exc
+    """One admin call, straight to a replica (the next one if it cannot be reached): the
+    settings are fleet-wide, and in an emergency the load balancer may be the part that
+    fails (every replica ejected, a rate limit in the way)."""
+    problems: list[str] = []
+    for replica in stack.replicas:
+        try:
+            resp = _http.client().request(method, replica.url + path, json=body, timeout=10.0)
+        except httpx.HTTPError as exc:
+            problems.append(f"{replica.instance}: {type(exc).__name__}: {exc}")
+            continue
+        return _admin_answer(method, path, resp)
+    raise AgentOpError(f"{method} {path}: no replica answered"
+                       + (f" ({'; '.join(problems)})" if problems else " (none is running)"))
+
+
+def _admin_answer(method: str, path: str, resp: httpx.Response) -> Any:
     if resp.status_code != 200:
         raise AgentOpError(f"{method} {path} answered {resp.status_code}: {quote(resp.text, 200)!r} "
                            f"(stack.agent.contract.admin; null if the agent has no such endpoint)")
@@ -266,6 +279,51 @@ def cache_ttls(stack: Any) -> dict[str, int]:
                 if int(ttl) != -2:  # -2: expired between the scan and now
                     ttls[key.decode("utf-8", "backslashreplace")] = int(ttl)
     return ttls
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One key of the agent's cache: its TTL left (ms; -1: none) and its value (JSON
+    decoded when it is JSON, else the raw bytes)."""
+
+    key: str
+    pttl_ms: int
+    value: Any
+
+
+def cache_entries(stack: Any) -> list[CacheEntry]:
+    """Every key of the agent's cache (``contract.cache_keys``; never agentverify's own).
+
+    Raises:
+        AgentOpError: Redis could not be reached.
+    """
+    out: list[CacheEntry] = []
+    with _cache_redis(stack, "cache_entries") as client:
+        for batch in _agent_key_batches(client, _contract(stack).cache_keys):
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            for key, raw, pttl in zip(batch, replies[::2], replies[1::2], strict=True):
+                if raw is None:
+                    continue
+                try:
+                    value: Any = json.loads(raw)
+                except ValueError:
+                    value = raw
+                out.append(CacheEntry(key.decode("utf-8", "backslashreplace"), int(pttl), value))
+    return out
+
+
+def write_cache_entry(stack: Any, key: str, value: Any) -> None:
+    """Overwrite one cache key (JSON), keeping its TTL (the corruption drill's poison).
+
+    Raises:
+        AgentOpError: Redis could not be reached.
+    """
+    with _cache_redis(stack, "write_cache_entry") as client:
+        client.set(key, json.dumps(value), keepttl=True)
 
 
 @contextlib.contextmanager

@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from agentverify import agent_ops
 from agentverify.backup import milvus_session
 from agentverify.backup.milvus import count_entities
 from agentverify.config import with_overrides
-from agentverify.drills import operations as agent_ops
+from agentverify.contract import AgentContract
 from agentverify.drills.receiver import ReceiverClient
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.runner import ScenarioContext, restore_baseline, run_scenario
@@ -33,12 +34,13 @@ def _baseline(stack: Any, config: Any) -> dict[str, Any]:
         entities = count_entities(client, config.vector_store.collection)
     answers = {}
     for known in config.known_answers:
-        body = httpx.post(stack.lb_url + "/chat", json={"message": known.question},
-                          timeout=30).json()
-        answers[known.question] = known.source in [s["source"] for s in body["sources"]]
+        with httpx.Client(timeout=30) as client:
+            reply = AgentContract.from_config(config).ask(client, known.question,
+                                                          base_url=stack.lb_url)
+        answers[known.question] = known.source in (reply.sources or ())
     return {"replicas": len(stack.replicas), "versions": sorted(set(stack.versions)),
-            "rate_limit": agent_ops.rate_limit(stack),
-            "llm": agent_ops.active_llm(stack)["use"], "entities": entities,
+            "rate_limit": agent_ops.current_rate_limit(stack),
+            "llm": agent_ops.current_llm(stack), "entities": entities,
             "known_answers": answers}
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from agentverify.agent_ops import AgentOpResult
 from agentverify.config import load_config, with_overrides
 from agentverify.drills import runbook as runbook_module
 from agentverify.drills.runbook import RunbookRun
-from agentverify.errors import RunbookError, ScenarioError
+from agentverify.errors import AgentOpError, RunbookError, ScenarioError
 from agentverify.report.journal import RunJournal
 from agentverify.scenarios.runner import ScenarioContext
 
@@ -70,7 +71,7 @@ class FakeReceiver:
 
 
 class FakeAgent:
-    """The agent operations of drills/operations.py, recorded."""
+    """The agent operations of agentverify.agent_ops a runbook calls, recorded."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -78,32 +79,29 @@ class FakeAgent:
         self.use = "primary"
         self.fail: set[str] = set()
 
-    def set_rate_limit(self, stack: Any, **want: Any) -> dict[str, Any]:
-        self.calls.append(("set_rate_limit", want))
+    def rate_limit(self, stack: Any, **want: Any) -> AgentOpResult:
+        self.calls.append(("rate_limit", want))
         if "rate_limit" in self.fail:
-            raise ScenarioError("POST /admin/rate-limit answered 503")
+            raise AgentOpError("POST /admin/rate-limit answered 503")
         previous, self.limit = dict(self.limit), {**self.limit, **want}
-        return previous
+        return AgentOpResult("rate_limit", "admin", "set", 0.01, previous)
 
-    def active_llm(self, stack: Any) -> dict[str, str]:
-        return {"use": self.use}
-
-    def switch_llm(self, stack: Any, use: str) -> dict[str, str]:
+    def switch_llm(self, stack: Any, use: str) -> AgentOpResult:
         self.calls.append(("switch_llm", use))
         if "switch_llm" in self.fail:
-            raise ScenarioError("LLM switch to backup did not reach every replica within 10s")
-        self.use = use
-        return {"use": use, "model": "gpt-3.5-turbo"}
+            raise AgentOpError("LLM switch to backup did not reach every replica within 10s")
+        previous, self.use = {"use": self.use}, use
+        return AgentOpResult("switch_llm", "admin", f"now on {use}", 0.01, previous)
 
-    def clear_cache(self, stack: Any) -> int:
+    def clear_cache(self, stack: Any) -> AgentOpResult:
         self.calls.append(("clear_cache", None))
-        return 7
+        return AgentOpResult("clear_cache", "admin", "7 deleted", 0.01, deleted=7)
 
 
 @pytest.fixture
 def agent(monkeypatch: pytest.MonkeyPatch) -> FakeAgent:
     fake = FakeAgent()
-    for name in ("set_rate_limit", "active_llm", "switch_llm", "clear_cache"):
+    for name in ("rate_limit", "switch_llm", "clear_cache"):
         monkeypatch.setattr(runbook_module.agent_ops, name, getattr(fake, name))
     monkeypatch.setattr(runbook_module, "unhealthy", lambda replicas, path: [])
     return fake
@@ -134,8 +132,8 @@ def test_high_load_runs_in_order_is_timed_and_notifies_the_team(tmp_path: Path, 
     assert run.ok and run.steps_ok == 3
     assert [o.label for o in run.operations] == ["scale 5", "rate_limit on 5/s burst 10", "notify"]
     assert stack.calls == [("scale", (5, None))]
-    assert agent.calls == [("set_rate_limit", {"enabled": True, "requests_per_second": 5.0,
-                                               "burst": 10})]
+    assert agent.calls == [("rate_limit", {"enabled": True, "requests_per_second": 5.0,
+                                           "burst": 10})]
     assert receiver.texts == ["AgentHighLoad on staging: scaled the agent to 5 replicas, "
                               "rate limit on"]
     events = [(e.kind, e.label) for e in ctx.journal.timeline]

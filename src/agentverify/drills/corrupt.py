@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentverify import agent_ops
 from agentverify.backup import backup_stack, milvus_session, open_backup, restore_into, service_name
 from agentverify.backup.milvus import entities, schema_of
-from agentverify.drills.operations import poison_cache
 from agentverify.errors import ScenarioError
 from agentverify.scenarios.backup_restore import ARCHIVE_KEY
 from agentverify.scenarios.known_answers import check_known_answer
@@ -78,10 +78,6 @@ def _milvus_uri(ctx: ScenarioContext) -> str:
     return str(ctx.stack.service(service_name(ctx.stack, "vector_store")).url())
 
 
-def _redis_url(ctx: ScenarioContext) -> str:
-    return str(ctx.stack.service(service_name(ctx.stack, "cache")).url())
-
-
 def _unit(dim: int, rng: random.Random) -> list[float]:
     vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
@@ -110,6 +106,26 @@ def _corrupt_milvus(uri: str, collection: str, noise: float, delete: float,
             client.delete(collection, ids=doomed)
         client.flush(collection)
     return (len(noised) if vectors else 0), len(doomed)
+
+
+def poison_cache(ctx: ScenarioContext, *, fraction: float, rng: random.Random) -> int:
+    """Overwrite ``fraction`` of the cached answers (``contract.cache_keys``) with ones
+    citing :data:`WRONG_SOURCE`, their TTL kept: a corrupted cache keeps answering, from
+    the wrong document. An entry is rewritten where the contract finds its sources
+    (``reply.sources`` / ``source_title`` inside the cached JSON); others are left alone.
+    """
+    sources_key = ctx.contract.section.reply.sources or "sources"
+    title_key = ctx.contract.section.reply.source_title or "title"
+    poisoned = 0
+    for entry in sorted(agent_ops.cache_entries(ctx.stack), key=lambda e: e.key):
+        if rng.random() >= fraction or not isinstance(entry.value, dict) \
+                or sources_key not in entry.value:
+            continue
+        value = dict(entry.value)
+        value[sources_key] = [{title_key: WRONG_SOURCE, "source": WRONG_SOURCE, "score": 0.0}]
+        agent_ops.write_cache_entry(ctx.stack, entry.key, value)
+        poisoned += 1
+    return poisoned
 
 
 def corrupt_stack(ctx: ScenarioContext, *, noise: float, delete: float, poison_cache_ratio: float,
@@ -141,8 +157,7 @@ def corrupt_stack(ctx: ScenarioContext, *, noise: float, delete: float, poison_c
     found.vectors_noised, found.entities_deleted = _corrupt_milvus(
         _milvus_uri(ctx), collection, noise, delete, rng)
     if poison_cache_ratio > 0:
-        found.answers_poisoned = poison_cache(_redis_url(ctx), fraction=poison_cache_ratio,
-                                              wrong_source=WRONG_SOURCE, rng=rng)
+        found.answers_poisoned = poison_cache(ctx, fraction=poison_cache_ratio, rng=rng)
     else:
         found.pending.discard("redis")  # Redis untouched: nothing of it to restore
     ctx.say(f"  corrupted {collection}: {found.vectors_noised} vectors overwritten with noise, "

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agentverify import _http
+from agentverify import _http, agent_ops
 from agentverify.backup import open_backup, restore_into
 from agentverify.config import (
     NotifyOperation,
@@ -50,7 +50,6 @@ from agentverify.config import (
     ScaleOperation,
     SwitchLLMOperation,
 )
-from agentverify.drills import operations as agent_ops
 from agentverify.drills.corrupt import CORRUPTION_KEY, last_verified_backup
 from agentverify.drills.receiver import ReceiverClient
 from agentverify.errors import AgentVerifyError, RunbookError, ScenarioError, StackError
@@ -126,21 +125,24 @@ def _rate_limit(run: RunbookRun, p: RateLimitOperation) -> dict[str, Any]:
     rps = p.requests_per_second if p.requests_per_second is not None else \
         ctx.config.rate_limit.requests_per_second
     burst = p.burst if p.burst is not None else ctx.config.rate_limit.burst
-    previous = agent_ops.set_rate_limit(ctx.stack, enabled=p.enabled, requests_per_second=rps,
-                                        burst=burst)
+    done = agent_ops.rate_limit(ctx.stack, enabled=p.enabled, requests_per_second=rps,
+                                burst=burst)
+    previous = done.previous
     _put_back_once(ctx, "rate_limit", "put the rate limit back",
-                   lambda: agent_ops.set_rate_limit(ctx.stack, **previous))
+                   lambda: agent_ops.rate_limit(ctx.stack, **previous))
     return {"enabled": p.enabled, "requests_per_second": rps, "burst": burst,
-            "previous": previous}
+            "previous": previous, "method": done.method}
 
 
 def _switch_llm(run: RunbookRun, p: SwitchLLMOperation) -> dict[str, Any]:
     ctx = run.ctx
-    previous = agent_ops.active_llm(ctx.stack).get("use", "primary")
-    state = agent_ops.switch_llm(ctx.stack, p.use)
+    done = agent_ops.switch_llm(ctx.stack, p.use)
+    previous = done.previous.get("use", "primary")
     _put_back_once(ctx, "llm", f"switch the LLM API back to {previous}",
                    lambda: _switch_back(ctx, previous))
-    return {"use": p.use, "model": state.get("model"), "previous": previous}
+    model = ctx.config.model.backup.model_name if p.use == "backup" else \
+        ctx.config.model.model_name
+    return {"use": p.use, "model": model, "previous": previous, "method": done.method}
 
 
 def _switch_back(ctx: ScenarioContext, use: str) -> None:
@@ -149,7 +151,8 @@ def _switch_back(ctx: ScenarioContext, use: str) -> None:
 
 
 def _clear_cache(run: RunbookRun, p: Any) -> dict[str, Any]:
-    return {"deleted": agent_ops.clear_cache(run.ctx.stack)}
+    done = agent_ops.clear_cache(run.ctx.stack)
+    return {"deleted": done.deleted, "method": done.method}
 
 
 def _restart(run: RunbookRun, p: RestartOperation) -> dict[str, Any]:

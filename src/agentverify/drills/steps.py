@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agentverify import agent_ops
 from agentverify.backup import compare_with, open_backup
 from agentverify.config import RunbookOperation, the_one_key
 from agentverify.cost import LedgerDelta, PriceTable
-from agentverify.drills import operations as agent_ops
 from agentverify.drills.corrupt import Corruption, corrupt_stack
 from agentverify.drills.receiver import Notification
 from agentverify.drills.runbook import RunbookRun, receiver_of
@@ -569,14 +569,11 @@ def _team_notified(receiver: Any, since: int, runbook: RunbookRun) -> bool:
 def _outage_answers(ctx: ScenarioContext, model: str, t_cause: float) -> int:
     """Cached answers of the failing model written since the outage began (dated by the
     TTL the agent gave them)."""
-    from agentverify.backup import service_name
-
-    url = ctx.stack.service(service_name(ctx.stack, "cache")).url()
     ttl_ms = ctx.config.cache.ttl * 1000
     now = time.time()
-    return sum(1 for a in agent_ops.cached_answers(url)
-               if a["model"] == model and a["pttl_ms"] > 0
-               and now - (ttl_ms - a["pttl_ms"]) / 1000 >= t_cause - 0.05)
+    return sum(1 for e in agent_ops.cache_entries(ctx.stack)
+               if isinstance(e.value, dict) and e.value.get("model") == model and e.pttl_ms > 0
+               and now - (ttl_ms - e.pttl_ms) / 1000 >= t_cause - 0.05)
 
 
 def _say_summary(ctx: ScenarioContext, f: dict[str, Any]) -> None:
