@@ -504,11 +504,14 @@ class AgentContract:
 
     def ask(self, client: httpx.Client, message: str, *, base_url: str = "",
             session: str | None = None, client_id: str | None = None,
-            headers: Mapping[str, str] | None = None, strict: bool = True) -> AgentReply:
-        """Send the chat request and read the reply (see :meth:`parse`)."""
+            headers: Mapping[str, str] | None = None, strict: bool = True,
+            timeout: float | None = None) -> AgentReply:
+        """Send the chat request and read the reply (see :meth:`parse`); ``timeout``
+        overrides the client's own for this request."""
         req = self.request(message, session=session, client_id=client_id, headers=headers)
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         resp = client.request(req.method, base_url + req.path, json=req.json,
-                              headers=req.headers)
+                              headers=req.headers, **extra)
         return self.parse(resp.status_code, resp.headers, resp.text, strict=strict,
                           request=req.describe())
 

@@ -172,10 +172,18 @@ def repair(ctx: ScenarioContext) -> list[str]:
     if found is None or not found.pending:
         return []
     parts = [p for p in ("redis", "milvus") if p in found.pending]
-    ctx.say(f"  restoring {', '.join(parts)} from {found.backup.name} (still corrupted)")
-    with open_backup(found.backup) as opened:
-        restore_into(ctx.stack, opened, parts=parts, say=ctx.say)
-    found.restored(parts)
+    ctx.say(f"  restoring {', '.join(parts)} from {found.backup.name} (still corrupted); "
+            "the agents stopped meanwhile and started again on the restored data")
+    # as the runbook does it: an agent kept running across a rebuilt collection or a
+    # replaced cache may keep serving what it held of the corrupted data
+    stopped = ctx.stack.stop_agents()
+    try:
+        with open_backup(found.backup) as opened:
+            restore_into(ctx.stack, opened, parts=parts, say=ctx.say)
+        found.restored(parts)
+    finally:
+        if stopped:
+            ctx.stack.scale(len(stopped), version=stopped[0].version)
     return parts
 
 

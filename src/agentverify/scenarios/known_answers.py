@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["check_known_answer", "check_known_answers"]
 
 
-def check_known_answer(ctx: ScenarioContext, known: KnownAnswer) -> str | None:
+def check_known_answer(ctx: ScenarioContext, known: KnownAnswer, *,
+                       timeout: float | None = None) -> str | None:
     """Ask one known question through the load balancer (the agent's contract); ``None``
-    when the answer cites the expected document, else one line saying what came back."""
+    when the answer cites the expected document, else one line saying what came back.
+    ``timeout`` overrides the scenario client's for this question."""
     try:
-        reply = ctx.contract.ask(ctx.http, known.question, strict=False)
+        reply = ctx.contract.ask(ctx.http, known.question, strict=False, timeout=timeout)
     except httpx.HTTPError as exc:
         return f"{known.question!r}: {type(exc).__name__}: {exc}"
     if not reply.ok:

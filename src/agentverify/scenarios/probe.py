@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import itertools
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,8 +172,10 @@ class Probe:
         self.request = self.contract.request(message, client_id=client_id, headers=self.headers)
         self._problem: str | None = None
         self.message = message
-        #: every request asks a question of its own (never cached: it reaches the LLM)
+        #: every request asks a question of its own (never cached: it reaches the LLM);
+        #: the tag keeps it apart from every earlier probe's on a shared stack
         self.unique = unique
+        self._tag = uuid.uuid4().hex[:8]
         self._count = itertools.count(1)
         self.timeout = timeout
         self.keepalive = keepalive
@@ -240,7 +243,7 @@ class Probe:
         attempts = 0
         try:
             if self.unique:
-                req = self.contract.request(f"{self.message} (probe {number})",
+                req = self.contract.request(f"{self.message} (probe {self._tag}-{number})",
                                             client_id=self.client_id, headers=self.headers)
             headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
             resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
