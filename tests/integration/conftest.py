@@ -26,6 +26,13 @@ BACKENDS = [pytest.param(name, id=name, marks=[getattr(pytest.mark, name)]
                          if name == "docker" else [])
             for name in backend_names()]
 
+#: for a test whose subject does not depend on where the stack runs (scenario logic, load
+#: shapes, gate arithmetic): it runs on the local backend only. What the docker backend
+#: does differently (containers, networks and aliases, signals, bind mounts, restarts) is
+#: covered by the tests that keep both backends; running the rest twice doubled the suite.
+LOCAL_ONLY = pytest.mark.parametrize("backend_name",
+                                     [p for p in BACKENDS if p.id == "local"], indirect=True)
+
 _LOCAL_BINARIES = {"redis-server": "redis-server", "nginx": "nginx-light",
                    "prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
 

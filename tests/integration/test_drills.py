@@ -50,18 +50,33 @@ def _failures(results: list[Any]) -> dict[str, list[str]]:
             for r in results if not r.passed}
 
 
+#: on docker, the drills whose path differs there: Alertmanager reaching the receiver by its
+#: network alias, the backup API switched by restarting containers, a restore into the
+#: containers' volumes. The high-load drill (scale + rate limit) adds nothing backend-specific
+#: the rehearsals' scale tests do not cover, and runs on local.
+DOCKER_DRILLS = ("alert-rules", "drill-api-error", "drill-data-corruption")
+DRILL_ALERTS = {"drill-high-load": "AgentHighLoad", "drill-api-error": "AgentHighErrorRate",
+                "drill-data-corruption": "AgentKnownAnswersWrong"}
+
+
 def test_every_shipped_drill_passes_and_the_stack_ends_on_its_baseline(av_session: Any,
                                                                        stack: Any) -> None:
     before = _baseline(stack, av_session.config)
     assert before["known_answers"] == {k.question: True for k in av_session.config.known_answers}
     receiver = ReceiverClient(stack.endpoints["receiver"])
     since = receiver.last_seq()
-    results = [av_session.run_scenario(spec) for spec in load_scenario_file(DRILLS)]
+    specs = load_scenario_file(DRILLS)
+    assert {s.name for s in specs} == {"alert-rules", *DRILL_ALERTS}
+    if av_session.backend_name == "docker":
+        specs = [s for s in specs if s.name in DOCKER_DRILLS]
+    results = [av_session.run_scenario(spec) for spec in specs]
     assert not _failures(results), _failures(results)
     assert _baseline(stack, av_session.config) == before
 
     facts = {r.name: r.facts for r in results}
-    for name in ("drill-high-load", "drill-api-error", "drill-data-corruption"):
+    drills = [name for name in DRILL_ALERTS if name in facts]
+    assert len(drills) >= 2, facts.keys()
+    for name in drills:
         f = facts[name]
         # the rendered rehearsal timings explain the delivery: evaluation 1 s, for 2 s,
         # group_wait 1 s -- the webhook arrives about a second after Prometheus fires
@@ -69,11 +84,13 @@ def test_every_shipped_drill_passes_and_the_stack_ends_on_its_baseline(av_sessio
         assert 0 < f["notify_delay_s"] <= 4, (name, f)
     # what the receiver holds: each alert firing and resolved, and the team's message
     notes = receiver.notifications(since)
-    for alert in ("AgentHighLoad", "AgentHighErrorRate", "AgentKnownAnswersWrong"):
+    for alert in (DRILL_ALERTS[name] for name in drills):
         assert {n.status for n in notes if n.name == alert} == {"firing", "resolved"}, alert
     assert all(not n.payload_problems for n in notes)
     texts = [r.text for r in receiver.records(since, kind="notify")]
-    assert any(t and t.startswith("AgentHighLoad on staging: scaled the agent to 5") for t in texts)
+    if "drill-high-load" in facts:
+        assert any(t and t.startswith("AgentHighLoad on staging: scaled the agent to 5")
+                   for t in texts), texts
     receiver.close()
     # one correlated timeline: drills, their alerts, notifications and runbook operations
     kinds = {e.kind for e in av_session.journal.timeline

@@ -12,7 +12,7 @@ import pytest
 from agentverify.errors import FaultInjectionError
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.registry import StepParams, StepRegistry, StepType, default_registry
-from tests.integration.conftest import make_session
+from tests.integration.conftest import LOCAL_ONLY, make_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,9 +34,23 @@ def _inline(tmp_path: Path, text: str, registry: StepRegistry | None = None) -> 
     return spec
 
 
+#: each shipped rehearsal and the label of its fault on the timeline
+FAULT_LABELS = {"llm-errors-are-retried": "llm error 500", "slow-milvus": "milvus latency",
+                "redis-down": "redis down", "replica-killed": "kill agent-1",
+                "rollout-with-requests-in-flight": ""}
+#: on docker, the faults whose mechanics differ there: a dependency edge cut in the proxy
+#: container and a replica SIGKILLed through the engine (the others are the same proxy API
+#: and LLM-stub knobs on every backend, and run on local)
+DOCKER_FAULTS = ("redis-down", "replica-killed")
+
+
 def test_every_shipped_fault_rehearsal_passes_and_leaves_no_fault(av_session: Any,
                                                                    stack: Any) -> None:
-    results = [av_session.run_scenario(spec) for spec in load_scenario_file(FAULTS)]
+    specs = load_scenario_file(FAULTS)
+    assert {s.name for s in specs} == set(FAULT_LABELS)
+    if av_session.backend_name == "docker":
+        specs = [s for s in specs if s.name in DOCKER_FAULTS]
+    results = [av_session.run_scenario(spec) for spec in specs]
     failed = {r.name: [g.line() for g in r.failed_gates] + [r.error or ""]
               for r in results if not r.passed}
     assert not failed, failed
@@ -45,7 +59,7 @@ def test_every_shipped_fault_rehearsal_passes_and_leaves_no_fault(av_session: An
     # every fault is on the timeline the report draws, with its window
     faults = [e for e in av_session.journal.timeline if e.kind in ("fault", "kill")]
     labels = " | ".join(e.label for e in faults)
-    for expected in ("llm error 500", "milvus latency", "redis down", "kill agent-1"):
+    for expected in (FAULT_LABELS[s.name] for s in specs if FAULT_LABELS[s.name]):
         assert expected in labels, labels
     assert all(e.end is not None and e.end >= e.t for e in faults)
     facts = {r.name: r.facts for r in results}
@@ -53,6 +67,7 @@ def test_every_shipped_fault_rehearsal_passes_and_leaves_no_fault(av_session: An
     assert facts["redis-down"]["dependency_health_s_down"] <= 5
 
 
+@LOCAL_ONLY
 def test_an_undrained_rollout_is_caught_by_retried_requests(tmp_path: Path, av_session: Any,
                                                            stack: Any) -> None:
     """Stopping each replica before nginx is switched away from it fails no request (nginx
@@ -77,6 +92,7 @@ expect:
     assert _clean(stack) == []
 
 
+@LOCAL_ONLY
 def test_faults_are_removed_after_a_failure_and_after_an_interruption(
         tmp_path: Path, av_session: Any, stack: Any) -> None:
     failing = _inline(tmp_path, """
@@ -112,6 +128,7 @@ expect: {}
     assert _clean(stack) == []
 
 
+@LOCAL_ONLY
 def test_a_fault_on_an_unknown_replica_is_refused_before_anything_is_applied(
         tmp_path: Path, av_session: Any, stack: Any) -> None:
     spec = _inline(tmp_path, """

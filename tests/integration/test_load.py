@@ -1,7 +1,9 @@
 """Load rehearsals on the real stack: Locust in a child process, through nginx.
 
-Every test runs once per backend on the shared staging stack (``stack`` fixture), except
-the ``max_tokens`` one, which needs a stack whose agent has a small ``model.max_tokens``.
+The short load runs once per backend on the shared staging stack (``stack`` fixture); the
+rest, whose subject is the load engine and the gates and not where the stack runs, on the
+local one (``LOCAL_ONLY``); the ``max_tokens`` one needs a stack of its own whose agent has
+a small ``model.max_tokens``.
 Loads are short and paced; the LLM is the stack's stub, so "dollars" are computed from
 its exact ledger at the configured prices, and nothing leaves this machine.
 """
@@ -25,6 +27,8 @@ from agentverify.load.steps import LOAD_FACTS, CacheCostParams, LoadParams, cach
 from agentverify.scenarios.cost_controls import MaxTokensParams, RateLimitParams, max_tokens, rate_limit
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.runner import ScenarioContext
+
+from tests.integration.conftest import LOCAL_ONLY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -134,6 +138,7 @@ def test_ledger_and_metric_agree_and_cache_hits_made_no_llm_call(short_run: dict
     assert facts["metric_cache_hit_ratio"] == pytest.approx(facts["cache_hit_ratio"], abs=0.05)
 
 
+@LOCAL_ONLY
 def test_distributed_mode_gives_the_same_shape(av_session: Any, stack: Any, tmp_path: Path,
                                                groups: list[int]) -> None:
     with scenario_context(av_session, stack, tmp_path) as ctx:
@@ -148,6 +153,7 @@ def test_distributed_mode_gives_the_same_shape(av_session: Any, stack: Any, tmp_
     assert groups and all(_group_members(g) == [] for g in groups)
 
 
+@LOCAL_ONLY
 def test_a_budget_breach_stops_the_load_early(av_session: Any, stack: Any,
                                               tmp_path: Path) -> None:
     with scenario_context(av_session, stack, tmp_path) as ctx:
@@ -161,6 +167,7 @@ def test_a_budget_breach_stops_the_load_early(av_session: Any, stack: Any,
     assert facts["cost_usd"] > 0.05 and facts["cost_violations"] >= 1
 
 
+@LOCAL_ONLY
 def test_an_slo_breach_aborts_the_load(av_session: Any, stack: Any, tmp_path: Path) -> None:
     with scenario_context(av_session, stack, tmp_path) as ctx:
         facts = load(ctx, LoadParams(duration_s=60, repeat_ratio=1.0, abort_on_fail=True,
@@ -172,6 +179,7 @@ def test_an_slo_breach_aborts_the_load(av_session: Any, stack: Any, tmp_path: Pa
     assert facts["slo_violations"] >= 1 and "p95_ms" in facts["slo_violation"]
 
 
+@LOCAL_ONLY
 def test_the_rate_limit_answers_429_beyond_the_rate_and_is_restored(
         av_session: Any, stack: Any, tmp_path: Path) -> None:
     before = httpx.get(stack.lb_url + "/admin/rate-limit", timeout=10).json()
@@ -188,6 +196,7 @@ def test_the_rate_limit_answers_429_beyond_the_rate_and_is_restored(
         assert httpx.get(replica.url + "/admin/rate-limit", timeout=10).json() == before
 
 
+@LOCAL_ONLY
 def test_cost_per_request_falls_as_the_cache_hit_ratio_rises(av_session: Any, stack: Any,
                                                              tmp_path: Path) -> None:
     with scenario_context(av_session, stack, tmp_path) as ctx:
@@ -201,6 +210,7 @@ def test_cost_per_request_falls_as_the_cache_hit_ratio_rises(av_session: Any, st
     assert facts["cache_cost_failures"] == 0
 
 
+@LOCAL_ONLY
 def test_ctrl_c_stops_the_child_and_its_workers(stack: Any, groups: list[int]) -> None:
     plan = LoadPlan(host=stack.lb_url, users=2, spawn_rate=4, duration_s=60, workers=1,
                     prompts=("How do I reset my password?",), repeat_ratio=1.0, hot_set=1,
@@ -214,6 +224,7 @@ def test_ctrl_c_stops_the_child_and_its_workers(stack: Any, groups: list[int]) -
     assert groups and all(_group_members(g) == [] for g in groups)
 
 
+@LOCAL_ONLY
 def test_max_tokens_is_honoured(av_session: Any, tmp_path: Path) -> None:
     # the smallest stack whose agent cuts answers at 16 tokens
     with av_session.fresh_stack(**{"model.max_tokens": 16, "stack.replicas": 1,
@@ -228,6 +239,7 @@ def test_max_tokens_is_honoured(av_session: Any, tmp_path: Path) -> None:
 
 
 
+@LOCAL_ONLY
 def test_a_users_own_locustfile_runs_instead_of_the_built_in_user(stack: Any,
                                                                    tmp_path: Path) -> None:
     locustfile = tmp_path / "my_locustfile.py"

@@ -19,7 +19,7 @@ import pytest
 
 from agentverify.logrotate import count_request_ids, log_files
 from agentverify.scenarios.model import load_scenario_file
-from tests.integration.conftest import make_session
+from tests.integration.conftest import LOCAL_ONLY, make_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,6 +82,7 @@ def test_the_shipped_operations_pass_under_traffic(av_session: Any, stack: Any) 
     assert stack.versions == ["v1"] * 3
 
 
+@LOCAL_ONLY
 def test_the_configured_model_is_back_after_a_scenario_that_fails_after_the_update(
         av_session: Any, stack: Any, tmp_path: Path) -> None:
     spec = _inline(tmp_path, """

@@ -14,6 +14,8 @@ import pytest
 
 from agentverify.scenarios.model import load_scenario_file
 
+from tests.integration.conftest import LOCAL_ONLY
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +52,7 @@ def test_rolling_update_drops_no_request(av_session: Any, stack: Any) -> None:
     assert facts["longest_gap_s"] < 5, facts["longest_gap_s"]
 
 
+@LOCAL_ONLY
 def test_errors_while_baking_stop_the_rollout_and_roll_back(av_session: Any,
                                                             stack: Any) -> None:
     result = run(av_session, stack,
@@ -64,6 +67,7 @@ def test_errors_while_baking_stop_the_rollout_and_roll_back(av_session: Any,
     assert facts["final_version"] == "v1"
 
 
+@LOCAL_ONLY
 def test_a_faulty_rollout_fails_its_gate_with_the_measured_figures(
         av_session: Any, stack: Any, tmp_path: Path) -> None:
     spec = inline(tmp_path, textwrap.dedent("""
@@ -115,6 +119,7 @@ def test_deploy_runs_the_five_seed_steps_each_timed(av_session: Any, stack: Any)
     assert facts["final_version"] == "v2"
 
 
+@LOCAL_ONLY
 def test_deploy_lists_exactly_the_missing_environment_variables(av_session: Any,
                                                                 stack: Any) -> None:
     before = [r.handle for r in stack.replicas]
