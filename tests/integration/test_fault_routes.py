@@ -146,11 +146,13 @@ def test_latency_on_the_llm_and_milvus_routes(stack: Any) -> None:
     base = _in_agent(stack, LLM_PROBE, url)["health_s"]
     with toxic(stack, "llm.agent-0", "latency", latency=200):
         slow = _in_agent(stack, LLM_PROBE, url)["health_s"]
-    assert 0.19 <= slow - base <= 0.6, (base, slow)
+    # at least the toxic's 200 ms (base is one sample of its own: on a busy machine it can
+    # be slow, so the lower bound is on the slow call alone), and not much more
+    assert slow >= 0.19 and slow - base <= 0.6, (base, slow)
 
     mhost, mport = routes.dependency("milvus", "agent-0", stack.service("milvus"))
     uri = f"http://{mhost}:{mport}"
     base = _in_agent(stack, MILVUS_PROBE, uri)["list_s"]
     with toxic(stack, "milvus.agent-0", "latency", latency=200):
         slow = _in_agent(stack, MILVUS_PROBE, uri)["list_s"]
-    assert 0.19 <= slow - base <= 1.5, (base, slow)
+    assert slow >= 0.19 and slow - base <= 1.5, (base, slow)

@@ -311,3 +311,46 @@ def test_signal_is_docker_kill_with_the_signals_name(spec, monkeypatch) -> None:
     monkeypatch.setattr(backend, "_container", lambda h: None)
     with pytest.raises(StackError, match="container is gone"):
         backend.signal(handle, signal.SIGHUP)
+
+
+def test_reaping_skips_a_container_another_reaper_is_removing(monkeypatch) -> None:
+    """Two runs starting at once on one engine both reap a killed run's containers: the
+    engine answers the second removal 409 (already in progress); that is not an error."""
+    import docker.errors
+
+    from agentverify.stack import docker as docker_mod
+
+    def conflict() -> None:
+        response = type("Response", (), {"status_code": 409, "reason": "Conflict"})()
+        raise docker.errors.APIError("removal of container x is already in progress",
+                                     response=response)
+
+    def gone() -> None:
+        raise docker.errors.NotFound("No such container")
+
+    class Container:
+        def __init__(self, name: str, remove) -> None:
+            self.name, self._remove = name, remove
+            self.labels = {"agentverify": "1", "agentverify.owner-pid": "999999999",
+                           "agentverify.run": "r1"}
+
+        def remove(self, force: bool = False) -> None:
+            self._remove()
+
+    removed: list[str] = []
+    containers = [Container("busy", conflict), Container("vanished", gone),
+                  Container("mine", lambda: removed.append("mine"))]
+
+    class Client:
+        containers = type("C", (), {"list": staticmethod(lambda **kw: containers)})()
+        networks = type("N", (), {"list": staticmethod(lambda **kw: [])})()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(docker_mod, "engine_available", lambda: True)
+    monkeypatch.setattr(docker_mod, "_owner_identity", lambda: {})
+    monkeypatch.setattr(docker_mod, "owner_alive", lambda pid, start: False)
+    monkeypatch.setattr(docker_mod, "_connect", lambda *a, **kw: Client())
+    assert DockerBackend().reap_stale() == ["r1/mine (container)"]
+    assert removed == ["mine"]

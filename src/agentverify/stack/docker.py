@@ -386,10 +386,16 @@ class DockerBackend:
             with _docker_errors("reaping stale containers"):
                 for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
                     if stale(c.labels):
-                        with contextlib.suppress(docker.errors.NotFound):
+                        try:
                             c.remove(force=True)
-                            reaped.append(f"{c.labels.get('agentverify.run')}/{c.name} "
-                                          f"(container)")
+                        except docker.errors.NotFound:
+                            continue
+                        except docker.errors.APIError as exc:
+                            if exc.status_code == 409:  # another reaper's removal is under way
+                                continue
+                            raise
+                        reaped.append(f"{c.labels.get('agentverify.run')}/{c.name} "
+                                      f"(container)")
                 for net in client.networks.list(filters={"label": f"{LABEL}=1"}):
                     if stale(net.attrs.get("Labels") or {}):
                         try:
