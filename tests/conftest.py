@@ -19,9 +19,13 @@ from typing import Any
 
 import pytest
 
+from agentverify.stack.backend import backend_names
+
 pytest_plugins = ("pytester",)
 
-_BACKEND_ID = re.compile(r"\[(?:[^\]]*-)?(local|docker)(?:-[^\]]*)?\]$")
+#: a test id carrying a backend of the registry: ``[local]``, ``[docker-...]``, ``[...-local]``
+_BACKEND_ID = re.compile(r"\[(?:[^\]]*-)?(%s)(?:-[^\]]*)?\]$"
+                         % "|".join(map(re.escape, backend_names())))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -29,6 +29,17 @@ import pytest
 from agentverify.faults.client import ToxiproxyClient
 
 
+def assert_closed_by_peer(sock: socket.socket) -> None:
+    """The other end closed ``sock`` (an orderly EOF or a reset both count); ``sock`` is
+    closed after."""
+    try:
+        assert sock.recv(16) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,7 +27,6 @@ from agentverify.load.steps import LOAD_FACTS, CacheCostParams, LoadParams, cach
 from agentverify.scenarios.cost_controls import MaxTokensParams, RateLimitParams, max_tokens, rate_limit
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.runner import ScenarioContext
-
 from tests.integration.conftest import LOCAL_ONLY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

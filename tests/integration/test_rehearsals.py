@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from agentverify.scenarios.model import load_scenario_file
-
 from tests.integration.conftest import LOCAL_ONLY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
