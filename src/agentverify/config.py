@@ -617,11 +617,11 @@ class Config(SeedConfig):
 
 
 # Used when no config file exists, so `pytest --agentverify-env staging` works anywhere.
-# Rehearsal environments get rehearsal timings: a 1 s scrape, alerts over 10 s windows
-# that fire after 2 s, and Alertmanager notifying within about a second.
+# Rehearsal environments get rehearsal timings: a 1 s scrape, alerts over 5 s windows (five
+# scrapes) that fire after holding 1 s, and Alertmanager notifying within about a second.
 _REHEARSAL_MONITORING: dict[str, Any] = {
     "scrape_interval": "1s", "evaluation_interval": "1s",
-    "alerts": {"window": "10s", "for": "2s"},
+    "alerts": {"window": "5s", "for": "1s"},
     "alertmanager": {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
 }
 DEFAULT_ENVIRONMENTS: dict[str, dict[str, Any]] = {

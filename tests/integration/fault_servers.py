@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from agentverify.faults.client import ToxiproxyClient
+from agentverify.stack.host import free_port
 
 
 def assert_closed_by_peer(sock: socket.socket) -> None:
@@ -38,12 +39,6 @@ def assert_closed_by_peer(sock: socket.socket) -> None:
         pass
     finally:
         sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

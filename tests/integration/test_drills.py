@@ -5,6 +5,7 @@ API that changes nothing, a failing operation) and when its alert rule cannot fi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,13 @@ def _failures(results: list[Any]) -> dict[str, list[str]]:
             for r in results if not r.passed}
 
 
-#: on docker, the drills whose path differs there: Alertmanager reaching the receiver by its
-#: network alias, the backup API switched by restarting containers, a restore into the
-#: containers' volumes. The high-load drill (scale + rate limit) adds nothing backend-specific
-#: the rehearsals' scale tests do not cover, and runs on local.
-DOCKER_DRILLS = ("alert-rules", "drill-api-error", "drill-data-corruption")
+#: on docker, the drills whose path differs there: promtool on the rendered rules,
+#: Alertmanager reaching the receiver by its network alias and a restore into the
+#: containers' volumes (the data-corruption drill). The high-load drill (scale + rate limit)
+#: and the API-error drill (an admin call, then a rolling restart) add nothing
+#: backend-specific that the rehearsals' scale and the operations' rolling-restart tests do
+#: not run on docker, and run on local.
+DOCKER_DRILLS = ("alert-rules", "drill-data-corruption")
 DRILL_ALERTS = {"drill-high-load": "AgentHighLoad", "drill-api-error": "AgentHighErrorRate",
                 "drill-data-corruption": "AgentKnownAnswersWrong"}
 
@@ -75,10 +78,10 @@ def test_every_shipped_drill_passes_and_the_stack_ends_on_its_baseline(av_sessio
 
     facts = {r.name: r.facts for r in results}
     drills = [name for name in DRILL_ALERTS if name in facts]
-    assert len(drills) >= 2, facts.keys()
+    assert len(drills) == (1 if av_session.backend_name == "docker" else 3), facts.keys()
     for name in drills:
         f = facts[name]
-        # the rendered rehearsal timings explain the delivery: evaluation 1 s, for 2 s,
+        # the rendered rehearsal timings explain the delivery: evaluation 1 s, for 1 s,
         # group_wait 1 s -- the webhook arrives about a second after Prometheus fires
         assert f["time_to_alert_s"] < f["time_to_notify_s"], (name, f)
         assert 0 < f["notify_delay_s"] <= 4, (name, f)
@@ -112,6 +115,12 @@ def _run_with(av_session: Any, stack: Any, spec: Any, overrides: dict[str, Any])
         restore_baseline(stack, av_session.config, av_session.say)
 
 
+def _drill_with(spec: Any, **params: Any) -> Any:
+    """``spec`` (one drill step) with some of the drill's parameters changed."""
+    (step,) = spec.steps
+    return replace(spec, steps=(replace(step, params=step.params.model_copy(update=params)),))
+
+
 def test_each_drill_fails_on_the_defect_it_exists_for(tmp_path: Path, state_dir: Path) -> None:
     """One local stack whose backup LLM API is the failing primary (the switch changes
     nothing) and whose AgentHighLatency threshold is beyond the largest latency bucket (it
@@ -125,14 +134,16 @@ def test_each_drill_fails_on_the_defect_it_exists_for(tmp_path: Path, state_dir:
         stack = session.stack()
         before = _baseline(stack, session.config)
 
-        # the backup API switch does nothing: the backup is the same failing model
-        api = session.run_scenario(drills["drill-api-error"])
+        # the backup API switch does nothing: the backup is the same failing model (the
+        # fleet stays unsteady: 8 s of it, four steady holds, say so as well as the shipped 40)
+        api = session.run_scenario(_drill_with(drills["drill-api-error"],
+                                               mitigate_within_s=8))
         failed = {g.name: g.line() for g in api.failed_gates}
         assert {"mitigated", "backup_model_answers", "error_ratio_after"} <= set(failed), failed
         assert failed["backup_model_answers"] == \
             "FAIL backup_model_answers: measured 0, threshold >= 5"
         assert api.facts["runbook_ok"] is True  # every operation "worked"
-        assert "not steady within 40s after runbook api_error: error ratio" in \
+        assert "not steady within 8s after runbook api_error: error ratio" in \
             api.facts["drill_problems"]
 
         # the rate limit is never enabled
@@ -171,14 +182,16 @@ steps:
   - drill:
       runbook: high_load
       alert: AgentHighLatency
-      alert_timeout_s: 15          # it can never fire: the wait's length proves nothing more
-      trigger: {load: {users: 30, spawn_rate: 30, user_rps: 10}}
+      alert_timeout_s: 8           # it can never fire: the wait's length proves nothing more
+      # nor does the load's size (no latency reaches a threshold beyond the largest bucket):
+      # a spike a third of the shipped one, so the worker beside it is not starved
+      trigger: {load: {users: 10, spawn_rate: 10, user_rps: 10}}
 expect:
   time_to_alert_s: "<= 20"
 """))[0]
         latency = session.run_scenario(spec)
         assert latency.error is not None
-        assert "AgentHighLatency did not fire within 15s of the cause" in latency.error, \
+        assert "AgentHighLatency did not fire within 8s of the cause" in latency.error, \
             latency.error
         assert "against the threshold > 20" in latency.error
         assert latency.facts["runbook_steps_ok"] is None  # nothing ran without an alert

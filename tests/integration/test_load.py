@@ -11,8 +11,11 @@ its exact ledger at the configured prices, and nothing leaves this machine.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +259,68 @@ def test_a_users_own_locustfile_runs_instead_of_the_built_in_user(stack: Any,
     assert run.result.status_codes == {"200": run.result.requests}
     assert run.result.stopped_by == "duration"
     assert run.result.cache_hits == run.result.cache_misses == 0  # no agent answers here
+
+
+
+@pytest.fixture
+def counting_server() -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 that answers 200 and keeps every path asked."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_started_child_gets_ready_and_sends_nothing_before_it_is_run(
+        counting_server: tuple[str, list[str]], tmp_path: Path) -> None:
+    """start() loads Locust and connects the workers ahead of the load; no request leaves
+    before run(); a child closed without running ends with its workers."""
+    host, seen = counting_server
+    locustfile = tmp_path / "ping_locustfile.py"
+    locustfile.write_text(
+        "from locust import FastHttpUser, constant_throughput, task\n\n\n"
+        "class Pinger(FastHttpUser):\n"
+        "    wait_time = constant_throughput(5)\n\n"
+        "    @task\n"
+        "    def ping(self):\n"
+        "        self.client.get('/ping')\n")
+    plan = LoadPlan(host=host, users=2, spawn_rate=4, duration_s=2, workers=1,
+                    locustfile=str(locustfile))
+    ready = LoadDriver(plan, log_path=tmp_path / "ready.log").start()
+    unused = LoadDriver(plan, log_path=tmp_path / "unused.log").start()
+    groups = [d._proc.pid for d in (ready, unused) if d._proc is not None]
+    try:
+        # each child has loaded Locust and started its worker, and waits
+        assert len(groups) == 2
+        deadline = time.monotonic() + 60
+        while any(len(_group_members(g)) < 2 for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(len(_group_members(g)) >= 2 for g in groups), groups
+        time.sleep(1.0)
+        assert seen == []
+        run = ready.run()
+        assert run.result.requests >= 5 and run.result.failures == 0
+        assert len(seen) == run.result.requests
+    finally:
+        unused.close()
+    assert all(_group_members(g) == [] for g in groups)
+    assert len(seen) == run.result.requests  # the unused child sent nothing

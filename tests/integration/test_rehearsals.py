@@ -88,6 +88,8 @@ def test_a_faulty_rollout_fails_its_gate_with_the_measured_figures(
     assert result.facts["final_version"] == "v1"
 
 
+@LOCAL_ONLY  # a rollback is the rolling update's loop (Stack.rollback): no backend path of
+# its own; rolling updates run on docker in test_rolling_update_drops_no_request
 def test_rollback_to_a_tag_under_traffic(av_session: Any, stack: Any) -> None:
     result = run(av_session, stack, scenario("rolling_update.yaml", "rollback-to-tag"))
     facts = result.facts

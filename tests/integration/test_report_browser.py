@@ -42,7 +42,7 @@ steps:
   - probe_start: {rps: 10}
   - chat: {message: "How do I reset my password?"}
   - scale: {replicas: 2}
-  - load: {users: 4, spawn_rate: 8, user_rps: 5, duration_s: 15, repeat_ratio: 0.5}
+  - load: {users: 4, spawn_rate: 8, user_rps: 5, duration_s: 8, repeat_ratio: 0.5}
   - probe_stop: {}
 expect:
   chat_status: "== 201"

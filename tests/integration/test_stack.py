@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ def test_every_replica_is_healthy_and_reports_its_version(stack: Any) -> None:
         assert body["checks"] == {"redis": "ok", "milvus": "ok"}
         assert body["version"] == "v1"
         assert body["replica"] == r.instance
+
+
+def test_each_service_has_a_process_group_of_its_own_in_our_session(stack: Any) -> None:
+    """Stopped by group id, yet scheduled with us: the kernel's autogroup scheduler shares
+    the CPU per session, and a service in a session of its own takes a share of the
+    machine as large as all the docker engine's containers together."""
+    if stack.backend_name != "local":
+        pytest.skip("a docker service is a container, not a process of this machine's")
+    for handle in stack.instances():
+        pid = handle.state.proc.pid
+        assert os.getpgid(pid) == pid, f"{handle.name} shares a process group"
+        assert os.getsid(pid) == os.getsid(0), f"{handle.name} runs in a session of its own"
 
 
 def test_chat_through_nginx_is_answered_with_retrieved_sources(stack: Any) -> None:

@@ -86,10 +86,10 @@ def test_a_threshold_no_real_input_reaches_fails_its_rule_test(override: dict, a
 def test_a_rule_that_fires_below_its_threshold_fails_its_rule_test() -> None:
     _need("promtool")
     config = load_config(CONFIG, "staging")
-    rules = alert_rules_yaml(config).replace("sum(rate(requests_total[10s])) > 100",
-                                             "sum(rate(requests_total[10s])) > 1")
+    rules = alert_rules_yaml(config).replace("sum(rate(requests_total[5s])) > 100",
+                                             "sum(rate(requests_total[5s])) > 1")
     result = run_rule_tests(config, rules=rules)
-    assert result.failed == ["AgentHighLoad: half the planned request rate (at 22s): it fired"]
+    assert result.failed == ["AgentHighLoad: half the planned request rate (at 16s): it fired"]
 
 
 def test_a_broken_rendering_is_one_config_error_naming_file_and_tool() -> None:
@@ -109,8 +109,8 @@ def test_a_broken_rendering_is_one_config_error_naming_file_and_tool() -> None:
 def test_rules_take_window_for_and_thresholds_from_the_environment() -> None:
     staging = {r.name: r for r in alert_rules(load_config(CONFIG, "staging"))}
     prod = {r.name: r for r in alert_rules(load_config(CONFIG, "production"))}
-    assert staging["AgentHighLoad"].expr == "sum(rate(requests_total[10s])) > 100"
-    assert staging["AgentHighLoad"].for_ == "2s"
+    assert staging["AgentHighLoad"].expr == "sum(rate(requests_total[5s])) > 100"
+    assert staging["AgentHighLoad"].for_ == "1s"
     assert "[5m]" in prod["AgentHighErrorRate"].expr and prod["AgentHighErrorRate"].for_ == "1m"
     assert staging["AgentHighLatency"].threshold == 1.0      # slo.p95_ms 1000
     assert prod["AgentHighLatency"].threshold == 0.5         # production's slo.p95_ms 500
@@ -156,7 +156,7 @@ def test_alertmanager_timings_are_the_environments_and_resolved_is_sent() -> Non
     assert hook == {"url": "http://${addr:receiver}/alerts", "send_resolved": True}
     timing = alert_timing(load_config(CONFIG, "staging"))
     assert (timing.window_s, timing.for_s, timing.evaluation_s, timing.group_wait_s) == \
-        (10.0, 2.0, 1.0, 1.0)
+        (5.0, 1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(("url", "backend", "used"), [

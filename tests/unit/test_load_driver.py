@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agentverify.errors import LoadTestError
-from agentverify.load.driver import LoadDriver
+from agentverify.load.driver import BackgroundLoad, LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import Snapshot
 
@@ -43,6 +44,13 @@ FAKE_CHILD = textwrap.dedent("""\
     def result(by):
         send(type="result", requests=300, failures=0, duration_s=3.0, rps=100.0,
              p50_ms=10.0, p95_ms=50.0, p99_ms=60.0, stopped_by=by)
+
+    if mode == "gone":  # e.g. Locust cannot be imported: gone before the word to go
+        print("ModuleNotFoundError: No module named 'locust'", flush=True)
+        sys.exit(1)
+    # as the real child: ready, then the users start on "go"; end of stdin ends it quietly
+    if "--wait-go" in sys.argv and sys.stdin.readline().strip() != "go":
+        sys.exit(0)
 
     if mode == "ok":
         send(type="info", message="2 Locust workers connected")
@@ -177,12 +185,31 @@ def test_ctrl_c_in_the_parent_stops_the_child_and_its_workers(
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         driver.run(abort_on=interrupt)
-    child, worker = json.loads(pids_file.read_text())
-    deadline = time.monotonic() + 10
-    while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child) and not _alive(worker)
+    assert _gone_within(json.loads(pids_file.read_text()), 10)
     assert time.monotonic() - started < 10  # SIGTERM ignored: SIGKILL came after 2 s
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+def test_a_background_load_that_does_not_stop_in_time_is_an_error_and_leaves_nothing(
+        fake_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pids_file = tmp_path / "pids.json"
+    monkeypatch.setenv("FAKE_CHILD_MODE", "hang")
+    monkeypatch.setenv("FAKE_CHILD_PIDS", str(pids_file))
+    load = BackgroundLoad(_driver(fake_python, tmp_path, []).start(), name="spike").start()
+    deadline = time.monotonic() + 10
+    while not pids_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = json.loads(pids_file.read_text())
+    with pytest.raises(LoadTestError, match="did not stop within 0.2s"):
+        load.stop(timeout=0.2)  # the child ignores SIGTERM: it is still stopping
+    assert _gone_within(pids, 2)  # the driver's close killed its group at once
+    load.driver.close()  # and its own close, after the run, is a no-op
 
 
 def test_temporary_files_go_unless_an_error_points_at_the_log(
@@ -202,3 +229,46 @@ def test_temporary_files_go_unless_an_error_points_at_the_log(
     (kept,) = scratch.iterdir()
     assert [p.name for p in kept.iterdir()] == ["locust.log"]
     assert str(kept / "locust.log") in str(err.value)
+
+
+def test_a_started_child_waits_for_the_word_and_a_close_without_a_run_ends_it(
+        fake_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CHILD_MODE", "ok")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    plan = LoadPlan(host="http://127.0.0.1:9", prompts=("q?",), duration_s=3.0)
+    driver = LoadDriver(plan, say=lambda line: None, python=fake_python).start()
+    assert driver._proc is not None
+    pid = driver._proc.pid
+    time.sleep(0.5)
+    assert _alive(pid)  # started, waiting on its stdin: no result without the word
+    # stopped by its group id, scheduled in our session (see OWN_PROCESS_GROUP)
+    assert os.getpgid(pid) == pid and os.getsid(pid) == os.getsid(0)
+    assert list(tmp_path.glob("agentverify-load-*"))
+    driver.close()
+    driver.close()  # idempotent
+    assert not _alive(pid)
+    assert not list(tmp_path.glob("agentverify-load-*"))  # its plan and temporary log
+    with pytest.raises(LoadTestError, match="has run already"):
+        driver.run()
+
+
+def test_a_child_gone_before_the_word_to_go_is_an_error_with_its_log(
+        fake_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CHILD_MODE", "gone")
+    driver = _driver(fake_python, tmp_path, [])
+    driver.start()
+    assert driver._proc is not None
+    driver._proc.wait(timeout=10)  # gone before run() says go
+    with pytest.raises(LoadTestError, match=r"exited \(code 1\) without a result") as info:
+        driver.run()
+    assert "No module named 'locust'" in str(info.value)
+
+
+def test_a_child_that_cannot_be_started_is_one_error_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    plan = LoadPlan(host="http://127.0.0.1:9", prompts=("q?",), duration_s=3.0)
+    missing = str(tmp_path / "no-such-python")
+    with pytest.raises(LoadTestError, match="cannot start the load child .*no-such-python"):
+        LoadDriver(plan, say=lambda line: None, python=missing).start()
+    assert not list(tmp_path.glob("agentverify-load-*"))

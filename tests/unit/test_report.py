@@ -360,6 +360,52 @@ def test_html_ids_are_unique_and_rendering_is_exact(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == page == render_html(json.loads(json.dumps(data)))
 
 
+def _many_scenarios(n: int) -> dict[str, Any]:
+    j = make_journal()
+    for k in range(n):
+        s = ScenarioResult(name=f"s{k}", file="scenarios/x.yaml", started=T0 + 60 + k,
+                           ended=T0 + 61 + k, seconds=1.0)
+        s.series = {"probe latency ms": TimeSeries([[i / 10, 10.0 + (i * k) % 7]
+                                                     for i in range(50)], unit="ms")}
+        j.add(s)
+    return j.to_json()
+
+
+def test_html_sections_drawn_by_worker_processes_make_the_same_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentverify.report.html as html_module
+
+    data = _many_scenarios(6)
+    monkeypatch.setattr(html_module, "_cpus", lambda: 2)  # two workers, on any machine
+    serial = render_html(data, parallel_from=10**6)
+    html_module._Sections._cache.clear()
+
+    real = html_module.draw_section
+
+    def here(key: str) -> str:
+        assert '"points"' not in key, "a section with figures was drawn in the caller"
+        return real(key)
+
+    # only the section without figures (smoke) is drawn here: the 7 others by 2 workers
+    monkeypatch.setattr(html_module, "draw_section", here)
+    assert render_html(data, parallel_from=2) == serial
+
+    # the rest of the page failing to draw leaves no worker behind
+    started: list[Any] = []
+    real_popen = html_module.subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    html_module._Sections._cache.clear()
+    monkeypatch.setattr(html_module.subprocess, "Popen", popen)
+    monkeypatch.setattr(html_module, "_dashboard", lambda data: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        render_html(data, parallel_from=2)
+    assert len(started) == 2 and all(p.poll() is not None for p in started)
+
+
 def test_html_compare_section() -> None:
     page = render_html(make_journal(p95=560.0).to_json(), compare=make_journal(p95=400.0).to_json(),
                        compare_label="last-week.json")

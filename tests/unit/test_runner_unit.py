@@ -3,11 +3,13 @@ clean-ups (also after an interruption) and gates. No server is involved."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from agentverify.errors import ScenarioError
+from agentverify.report.journal import StepResult
 from agentverify.scenarios.model import load_scenario_file
 from agentverify.scenarios.registry import StepParams, StepRegistry, StepType
 from agentverify.scenarios.runner import ScenarioContext, run_scenario
@@ -99,3 +101,20 @@ def test_a_failing_cleanup_is_the_scenarios_error_and_the_others_still_run(tmp_p
     assert log == ["count 6", "undo 6"]
     assert result.error == "cleanup 'remove the fault' failed: cleanup exploded"
     assert not result.passed
+
+
+def test_a_waiting_block_is_journaled_as_a_wait_even_when_it_raises(tmp_path) -> None:
+    ctx = _ctx(tmp_path)
+    ctx.step = StepResult(index=1, type="drill", seconds=0.0, started=0.0)
+    with ctx.waiting("alert"):
+        time.sleep(0.05)
+    with pytest.raises(RuntimeError), ctx.waiting("alert"):
+        time.sleep(0.05)
+        raise RuntimeError("the watch failed")
+    with ctx.waiting("bake"):
+        pass
+    assert set(ctx.step.waits) == {"alert", "bake"}
+    assert 0.1 <= ctx.step.waits["alert"] < 1.0
+    ctx.step = None
+    with ctx.waiting("alert"):  # outside a step: nothing to journal it in, and no error
+        pass

@@ -64,6 +64,12 @@ def test_up_starts_dependencies_first_and_down_stops_in_reverse(tmp_path: Path) 
     assert [c for c in backend.calls[calls:] if c[0] in ("stop", "kill")] == []
 
 
+def test_teardown_ranks_put_every_service_after_all_its_users() -> None:
+    # ingest uses llm; the agent uses redis, llm and ingest; prometheus uses llm
+    assert _spec().stop_ranks() == {"agent": 0, "prometheus": 0, "ingest": 1, "redis": 1,
+                                    "llm": 2}
+
+
 def test_a_failed_start_stops_everything_already_started(tmp_path: Path) -> None:
     backend = FakeBackend(fail_start={"agent-1"})
     stack = _stack(tmp_path, backend)
@@ -91,12 +97,14 @@ def test_rolling_update_replaces_one_replica_at_a_time(tmp_path: Path) -> None:
         assert stack.versions == ["v2"] * 3
         order = [c for c in backend.calls if c[0] in ("start", "stop")
                  and c[1].startswith("agent-")]
-        # each new generation is started before its predecessor is stopped
+        # each new generation is started before its predecessor is stopped; a replaced one
+        # may still be stopping while the next starts (maxSurge 1), never two of them
         for i in range(3):
             assert order.index(("start", f"agent-{i}.g2")) < order.index(("stop", f"agent-{i}.g1"))
-            if i:
-                assert order.index(("stop", f"agent-{i - 1}.g1")) < \
+            if i >= 2:
+                assert order.index(("stop", f"agent-{i - 2}.g1")) < \
                     order.index(("start", f"agent-{i}.g2"))
+        assert [s.instance for s in rollout.steps] == ["agent-0", "agent-1", "agent-2"]
 
 
 def test_an_after_each_reason_stops_the_rollout_and_rollback_restores(tmp_path: Path) -> None:
@@ -196,6 +204,24 @@ def test_reconfigure_restarts_every_replica_on_the_new_config(tmp_path: Path) ->
         # and a replica is given its own id in the agent's replica variable
         assert replace(AGENT, replica_env=("INSTANCE_ID",)).for_replica("agent-2").env == \
             {"INSTANCE_ID": "agent-2"}
+
+
+def test_reconfigure_at_once_starts_every_new_replica_before_stopping_an_old_one(
+        tmp_path: Path) -> None:
+    backend = FakeBackend()
+    with _stack(tmp_path, backend) as stack:
+        stack._agent_spec_for = lambda cfg, v: replace(AGENT, version=v,
+                                                       files={"config.yaml": str(cfg)})
+        rollout = stack.reconfigure_agents("baseline", version="v2", at_once=True)
+        assert rollout.completed and rollout.version == "v2"
+        assert stack.versions == ["v2"] * 3
+        assert [r.handle.spec.files["config.yaml"] for r in stack.replicas] == ["baseline"] * 3
+        # blue/green: the three new generations were started before any old one stopped
+        agent_calls = [(kind, name) for kind, name in backend.calls
+                       if kind in ("start", "stop") and name.startswith("agent-")]
+        first_stop = next(i for i, (kind, _n) in enumerate(agent_calls) if kind == "stop")
+        assert {n for k, n in agent_calls[:first_stop] if k == "start"} >= \
+            {"agent-0.g2", "agent-1.g2", "agent-2.g2"}
 
 
 def test_a_stack_not_made_from_a_config_cannot_be_reconfigured(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ from agentverify.faults.steps import (
     fault_clear,
     llm_fault,
 )
-from agentverify.load.steps import LoadStartParams, background_load
+from agentverify.load.driver import BackgroundLoad
+from agentverify.load.steps import LoadStartParams, prepare_background_load, start_background_load
 from agentverify.monitoring.render import AlertRule, alert_rules, alert_timing, run_rule_tests
 from agentverify.scenarios.known_answers import check_known_answers
 from agentverify.scenarios.probe import Probe, ProbeReport
@@ -193,7 +194,8 @@ class _Cause:
     load: Any = None
 
 
-def _induce(ctx: ScenarioContext, trigger: Trigger, tag: str) -> _Cause:
+def _induce(ctx: ScenarioContext, trigger: Trigger, tag: str,
+            spike: BackgroundLoad | None) -> _Cause:
     kind, p = trigger.kind, trigger.params
     if kind == "fault":
         name = f"drill-{tag}"
@@ -209,7 +211,8 @@ def _induce(ctx: ScenarioContext, trigger: Trigger, tag: str) -> _Cause:
         return _Cause(f"LLM answers {p.status} at {p.rate:g}{scope}",
                       lambda: fault_clear(ctx, FaultClearParams(name="llm")))
     if kind == "load":
-        load = background_load(ctx, p, "spike")
+        assert spike is not None  # prepared before the steady state was measured
+        load = start_background_load(ctx, spike)
         users = p.users or ctx.config.load.users
         return _Cause(f"load spike: {users} users", load.stop, load=load)
     found = corrupt_stack(ctx, noise=p.noise, delete=p.delete, poison_cache_ratio=p.poison_cache,
@@ -343,7 +346,8 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     ctx.say(f"  drill {p.runbook}: {kind} -> {alert} ({rule.expr}, for {rule.for_}); "
             f"{timing.describe()}")
 
-    _wait_inactive(ctx, alert, timing.resolve_timeout_s)
+    with ctx.waiting("alert calm before the drill"):
+        _wait_inactive(ctx, alert, timing.resolve_timeout_s)
     since = receiver.last_seq()
     drill_t0 = time.time()
     unique = p.probe_unique if p.probe_unique is not None else kind in ("llm_fault", "fault")
@@ -363,8 +367,10 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
         prober = KnownAnswerProber(ctx, receiver).start()
         ctx.defer("stop the known-answer prober", prober.stop)
     ledger0 = ctx.ledger() if kind == "llm_fault" else None
+    # a spike's Locust child loads meanwhile: its users start at the cause, not a second after
+    spike = prepare_background_load(ctx, p.trigger.params, "spike") if kind == "load" else None
     # the first window has too few answers to judge; the hypothesis is held before_s after it
-    time.sleep(p.steady.window_s + p.before_s)
+    ctx.wait(p.steady.window_s + p.before_s, "steady state before")
     facts["steady_before"] = monitor.steady_since(probe.started_at + p.steady.window_s)
     if not facts["steady_before"]:
         problems.append(f"not steady before the emergency: {_reasons_since(monitor, 0.0)}")
@@ -375,15 +381,17 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     t_cause, m_cause = time.time(), time.monotonic()
     watch.start()
     ctx.defer("stop the alert watch", watch.stop)
-    cause = _induce(ctx, p.trigger, uuid.uuid4().hex[:6])
+    cause = _induce(ctx, p.trigger, uuid.uuid4().hex[:6], spike)
     ctx.say(f"  emergency: {cause.label}; waiting for {alert}"
             + (" at the receiver (automatic remediation)" if p.auto else " (manual runbook)"))
 
-    if p.auto:
-        got = watch.wait(lambda w: w.notified("firing", after=t_cause),
-                         alert_timeout + timing.notify_after_firing_s)
-    else:
-        got = watch.wait(lambda w: w.firing_at, alert_timeout)
+    # the alert path's own delays (rate window, for, scrape and evaluation, group_wait)
+    with ctx.waiting("alert"):
+        if p.auto:
+            got = watch.wait(lambda w: w.notified("firing", after=t_cause),
+                             alert_timeout + timing.notify_after_firing_s)
+        else:
+            got = watch.wait(lambda w: w.firing_at, alert_timeout)
     if watch.firing_at is not None:
         facts["time_to_alert_s"] = round(watch.firing_at - t_cause, 2)
         ctx.event("alert", f"{alert} firing", t=watch.firing_at, source="prometheus")
@@ -396,7 +404,7 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
         raise ScenarioError(problems[-1])
     note = _notified(ctx, watch, t_cause, facts) if p.auto else None
     if not p.auto and p.ack_s:
-        time.sleep(p.ack_s)  # the on-call sees it fire, and opens the runbook
+        ctx.wait(p.ack_s, "on-call acknowledgement")  # sees it fire, opens the runbook
 
     # ------------------------------------------------------------------ the runbook
     t_rb, m_rb = time.time(), time.monotonic()
@@ -419,8 +427,9 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     m_rb_end = time.monotonic()
     ledger2 = ctx.ledger() if ledger0 is not None else None
 
-    steady_from = _wait_steady_after(monitor, m_rb_end, p.steady.hold_s,
-                                     m_rb_end + p.mitigate_within_s)
+    with ctx.waiting("steady state after the runbook"):
+        steady_from = _wait_steady_after(monitor, m_rb_end, p.steady.hold_s,
+                                         m_rb_end + p.mitigate_within_s)
     facts["mitigated"] = steady_from is not None
     if steady_from is not None:
         facts["time_to_mitigate_s"] = round(steady_from - m_rb, 2)
@@ -476,9 +485,10 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
         facts["load_requests"] = result.requests
         facts["load_rps"] = round(result.rps, 1)
         ctx.say(f"  spike: {result.summary()}; {facts['rate_limited_429']} answered 429")
-    resolved: Notification | None = watch.wait(
-        lambda w: w.notified("resolved", after=note.received if note else t_cause),
-        resolve_timeout)
+    with ctx.waiting("alert resolution"):
+        resolved: Notification | None = watch.wait(
+            lambda w: w.notified("resolved", after=note.received if note else t_cause),
+            resolve_timeout)
     facts["resolved"] = resolved is not None
     if resolved is not None:
         facts["resolved_by_runbook"] = resolved.received < t_removed
@@ -495,8 +505,9 @@ def _drill(ctx: ScenarioContext, p: DrillParams, facts: dict[str, Any],
     if p.recover:
         RunbookRun(ctx, f"{p.runbook}-recover", alert=alert, operations=list(p.recover)).run()
     m_rec_end = time.monotonic()
-    back = _wait_steady_after(monitor, m_rec_end, p.steady.hold_s,
-                              m_rec_end + p.mitigate_within_s)
+    with ctx.waiting("steady state after the recovery"):
+        back = _wait_steady_after(monitor, m_rec_end, p.steady.hold_s,
+                                  m_rec_end + p.mitigate_within_s)
     facts["recovered"] = back is not None
     facts["recover_s"] = round((back if back is not None else time.monotonic()) - m_rec, 2)
     if back is None:

@@ -4,15 +4,17 @@ This is the only module of agentverify that imports Locust, and it only ever run
 its own process: Locust gevent-patches the whole process it is imported in (locust#2250),
 which must never be the pytest or CLI process.
 
-    python -m agentverify.load.child --plan PLAN.json --stream-fd FD --parent-pid PID
+    python -m agentverify.load.child --plan PLAN.json --stream-fd FD --parent-pid PID [--wait-go]
     python -m agentverify.load.child --plan PLAN.json --worker --master-port PORT ...
 
 The first form runs the load: a ``LocalRunner``, or with ``workers: N`` a
 ``MasterRunner`` on 127.0.0.1 (a free port) and N worker processes of the second form,
 each a ``WorkerRunner``. It writes one JSON object per line to ``FD`` (see
 :mod:`agentverify.load.stats`): a ``snapshot`` every ``interval_s``, then one
-``result``, or an ``error``. SIGTERM stops the users (each finishes its request in
-flight), then the result is written. The driver starts this process in a process group
+``result``, or an ``error``. With ``--wait-go`` the child gets ready (Locust loaded, its
+workers connected) and starts the users only when the line ``go`` arrives on its stdin;
+end of file instead ends it with nothing written. SIGTERM stops the users (each finishes
+its request in flight), then the result is written. The driver starts this process in a process group
 of its own, so it can stop it and its workers together; the child and each worker also
 stop by themselves when their parent is gone.
 """
@@ -28,7 +30,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import gevent
+import gevent.select
 from gevent.event import Event
 from locust.env import Environment
 from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
@@ -45,6 +47,7 @@ from locust.util.load_locustfile import load_locustfile
 from agentverify.load.plan import ClientCounters, LoadPlan
 from agentverify.load.shapes import make_shape
 from agentverify.load.users import COUNTERS, count_statuses, make_agent_user
+from agentverify.stack.host import free_port
 
 WORKERS_CONNECT_TIMEOUT_S = 30.0
 
@@ -64,12 +67,6 @@ class Stream:
 
     def info(self, message: str) -> None:
         self.send("info", message=message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _user_classes(plan: LoadPlan) -> tuple[list[Any], Any]:
@@ -183,7 +180,26 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 5.0) ->
             proc.wait(timeout=5)
 
 
-def run_load(plan: LoadPlan, plan_path: str, stream: Stream, parent_pid: int) -> int:
+def _wait_for_go(stop: Event, parent_pid: int) -> bool:
+    """True once the line ``go`` is on stdin; False at its end, on a stop signal, or when
+    the parent is gone. Waits cooperatively: the master's greenlets (its workers'
+    heartbeats) go on meanwhile."""
+    fd, line = sys.stdin.fileno(), b""
+    while not stop.is_set() and os.getppid() == parent_pid:
+        ready, _, _ = gevent.select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return False
+        line += chunk
+        if b"\n" in line:
+            return line.split(b"\n", 1)[0].strip() == b"go"
+    return False
+
+
+def run_load(plan: LoadPlan, plan_path: str, stream: Stream, parent_pid: int,
+             wait_go: bool = False) -> int:
     """Run the plan's load and stream it; returns the exit code."""
     classes, shape = _user_classes(plan)
     env = Environment(user_classes=classes, shape_class=shape, host=plan.host,
@@ -202,7 +218,7 @@ def run_load(plan: LoadPlan, plan_path: str, stream: Stream, parent_pid: int) ->
     gevent.signal_handler(signal.SIGINT, on_signal)
     try:
         if plan.workers:
-            port = _free_port()
+            port = free_port()
             runner: Any = env.create_master_runner("127.0.0.1", port)
             env.events.worker_report.add_listener(
                 lambda client_id, data, **_: counters.merge(data.get("agentverify")))
@@ -222,6 +238,8 @@ def run_load(plan: LoadPlan, plan_path: str, stream: Stream, parent_pid: int) ->
                         f"127.0.0.1:{port}")
         else:
             runner = env.create_local_runner()
+        if wait_go and not _wait_for_go(stop, parent_pid):
+            return 0  # the driver closed without running the load: nothing to tell
 
         figures = _Figures(env, counters)
         runner.start_shape()
@@ -290,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--master-port", type=int)
+    parser.add_argument("--wait-go", action="store_true",
+                        help="get ready, then start the users on a 'go' line on stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(plan, args.master_port, args.parent_pid)
     stream = Stream(os.fdopen(args.stream_fd, "w", buffering=1, encoding="utf-8"))
     try:
-        return run_load(plan, args.plan, stream, args.parent_pid)
+        return run_load(plan, args.plan, stream, args.parent_pid, wait_go=args.wait_go)
     except Exception as exc:  # the boundary: one error line for the driver, trace in the log
         traceback.print_exc()
         stream.send("error", message=f"{type(exc).__name__}: {exc}")

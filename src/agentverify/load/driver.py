@@ -13,6 +13,12 @@ Either returning a reason stops the users gracefully (SIGTERM to the child, whic
 writes its result). Whatever happens — a result, an error, a timeout, Ctrl-C in the
 parent — the whole group is stopped before :meth:`LoadDriver.run` returns or raises.
 
+:meth:`LoadDriver.start` starts the child ahead of :meth:`~LoadDriver.run`: it imports
+Locust and connects its workers (a second or more), then waits for the word to go on its
+stdin. A step measures what it compares against (the ledger, a fresh scrape) meanwhile,
+so the child's start is off the critical path; :meth:`~LoadDriver.close` stops a child
+that was started and never run.
+
 Example:
     >>> plan = LoadPlan(host="http://127.0.0.1:8080", prompts=("hi?",), duration_s=10)
     >>> run = LoadDriver(plan).run()                                  # doctest: +SKIP
@@ -39,7 +45,7 @@ from pathlib import Path
 from agentverify.errors import LoadTestError
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import ChildError, ChildInfo, LoadResult, Snapshot, parse_line
-from agentverify.stack.runstate import RUN_ID_ENV, RunContext
+from agentverify.stack.runstate import OWN_PROCESS_GROUP, RUN_ID_ENV, RunContext
 
 __all__ = ["BackgroundLoad", "LoadDriver", "LoadRun"]
 
@@ -112,6 +118,12 @@ class LoadDriver:
         self.run_record = run
         self._proc: subprocess.Popen[bytes] | None = None
         self._record_key = f"load-{os.getpid()}-{id(self):x}"
+        self._workdir: Path | None = None
+        self._child_log: Path | None = None
+        self._read_fd: int | None = None
+        self._closed = False
+        self._group_stopped = False
+        self._close_lock = threading.Lock()  # run()'s thread and a scenario's cleanup
 
     # ------------------------------------------------------------------ process group
 
@@ -122,9 +134,10 @@ class LoadDriver:
             os.killpg(self._proc.pid, sig)
 
     def _stop_group(self) -> None:
-        """SIGTERM the group, then SIGKILL what is left; idempotent."""
+        """SIGTERM the group, then SIGKILL what is left; idempotent (once the group is
+        stopped its id may be another's: it is never signalled again)."""
         proc = self._proc
-        if proc is None:
+        if proc is None or self._group_stopped:
             return
         if proc.poll() is None:
             self._signal_group(signal.SIGTERM)
@@ -136,13 +149,87 @@ class LoadDriver:
         self._signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)
+            self._group_stopped = True
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------------ start, run, close
+
+    def start(self) -> LoadDriver:
+        """Start the child now; it gets ready and waits for :meth:`run` (idempotent).
+
+        Raises:
+            LoadTestError: the child could not be started.
+        """
+        if self._closed:
+            raise LoadTestError("this load driver has run already: make a new one")
+        if self._proc is not None:
+            return self
+        workdir = Path(tempfile.mkdtemp(prefix="agentverify-load-"))
+        plan_path = workdir / "plan.json"
+        plan_path.write_text(self.plan.to_json(), encoding="utf-8")
+        log_path = self.log_path or workdir / "locust.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._workdir, self._child_log = workdir, log_path
+        read_fd, write_fd = os.pipe()
+        self._read_fd = read_fd
+        cmd = [self.python, "-m", "agentverify.load.child", "--plan", str(plan_path),
+               "--stream-fd", str(write_fd), "--parent-pid", str(os.getpid()), "--wait-go"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.run_record is not None:
+            # the reaper proves a recorded process is this run's by this variable
+            env[RUN_ID_ENV] = self.run_record.run_id
+        try:
+            try:
+                with open(log_path, "wb") as log:
+                    self._proc = subprocess.Popen(
+                        cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                        pass_fds=(write_fd,), env=env, **OWN_PROCESS_GROUP)
+            finally:
+                os.close(write_fd)
+            if self.run_record is not None:
+                self.run_record.record_process(self._record_key, self._proc.pid,
+                                               self._proc.pid)
+        except OSError as exc:
+            self.close()
+            raise LoadTestError(f"cannot start the load child ({self.python}): {exc}") from exc
+        except BaseException:  # e.g. Ctrl-C: nothing of it is left behind
+            self.close()
+            raise
+        return self
+
+    def close(self, *, keep_log: bool = False) -> None:
+        """Stop the child (and its workers) and remove what it ran from; idempotent, and
+        safe from two threads. ``keep_log``: a temporary log stays (an error message
+        points at it)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self._stop_group()
+            finally:
+                self._closed = True
+                self._release(keep_log)
+
+    def _release(self, keep_log: bool) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
+        if self.run_record is not None:
+            self.run_record.forget_process(self._record_key)
+        if self._workdir is not None:
+            # the plan (and a temporary log) go; a failed run keeps its log
+            (self._workdir / "plan.json").unlink(missing_ok=True)
+            if not keep_log or self.log_path is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def run(self, *, abort_on: Callable[[Snapshot], str | None] | None = None,
             poll: Callable[[], str | None] | None = None,
             on_snapshot: Callable[[Snapshot], None] | None = None) -> LoadRun:
-        """Run the load to its end (or an abort) and return what it measured.
+        """Run the load to its end (or an abort) and return what it measured; starts the
+        child first unless :meth:`start` did. The child is stopped when this returns.
 
         Args:
             abort_on: asked about each running snapshot; a reason stops the load.
@@ -152,52 +239,26 @@ class LoadDriver:
         Raises:
             LoadTestError: the child could not run the load, died, or never answered.
         """
-        workdir = Path(tempfile.mkdtemp(prefix="agentverify-load-"))
-        plan_path = workdir / "plan.json"
-        plan_path.write_text(self.plan.to_json(), encoding="utf-8")
-        log_path = self.log_path or workdir / "locust.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        read_fd, write_fd = os.pipe()
-        cmd = [self.python, "-m", "agentverify.load.child", "--plan", str(plan_path),
-               "--stream-fd", str(write_fd), "--parent-pid", str(os.getpid())]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.run_record is not None:
-            # the reaper proves a recorded process is this run's by this variable
-            env[RUN_ID_ENV] = self.run_record.run_id
         snapshots: list[Snapshot] = []
         info: list[str] = []
-        result: LoadResult | None = None
-        abort_reason: str | None = None
         keep_log = False
         try:
-            with open(log_path, "wb") as log:
-                try:
-                    self._proc = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        pass_fds=(write_fd,), start_new_session=True, env=env)
-                except OSError as exc:
-                    raise LoadTestError(f"cannot start the load child ({self.python}): "
-                                        f"{exc}") from exc
-                finally:
-                    os.close(write_fd)
-                if self.run_record is not None:
-                    self.run_record.record_process(self._record_key, self._proc.pid,
-                                                   self._proc.pid)
-                try:
-                    result, abort_reason = self._read(read_fd, snapshots, info, log_path,
-                                                      abort_on, poll, on_snapshot)
-                except LoadTestError:
-                    keep_log = True  # the message points at it
-                    raise
+            self.start()
+            proc, read_fd, log_path = self._proc, self._read_fd, self._child_log
+            assert proc is not None and proc.stdin is not None
+            assert read_fd is not None and log_path is not None
+            # the word to go; a child already gone says why on its stream (read below)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
+            try:
+                result, abort_reason = self._read(read_fd, snapshots, info, log_path,
+                                                  abort_on, poll, on_snapshot)
+            except LoadTestError:
+                keep_log = True  # the message points at it
+                raise
         finally:
-            os.close(read_fd)
-            self._stop_group()
-            if self.run_record is not None:
-                self.run_record.forget_process(self._record_key)
-            # the plan (and a temporary log) go; a failed run keeps its log for the message
-            plan_path.unlink(missing_ok=True)
-            if not keep_log or self.log_path is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+            self.close(keep_log=keep_log)
         return LoadRun(result=result, snapshots=snapshots, aborted=abort_reason is not None,
                        abort_reason=abort_reason,
                        log_path=self.log_path, info=info)
@@ -282,7 +343,9 @@ class BackgroundLoad:
     traffic): :meth:`LoadDriver.run` in a thread, stopped gracefully by :meth:`stop`.
 
     Args:
-        driver: the driver of the load (its plan's ``duration_s`` is the longest it runs).
+        driver: the driver of the load (its plan's ``duration_s`` is the longest it runs);
+            started beforehand (:meth:`LoadDriver.start`), its users start here at once.
+        name: what the load is called in progress lines (a spike, the background).
 
     Example:
         >>> load = BackgroundLoad(LoadDriver(plan)).start()            # doctest: +SKIP
@@ -291,8 +354,9 @@ class BackgroundLoad:
         {'200': 2810, '429': 1877}
     """
 
-    def __init__(self, driver: LoadDriver) -> None:
+    def __init__(self, driver: LoadDriver, name: str = "background") -> None:
         self.driver = driver
+        self.name = name
         self.started: float | None = None  # unix
         self.snapshots: list[Snapshot] = []
         self._stop = threading.Event()
@@ -329,7 +393,7 @@ class BackgroundLoad:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                self.driver._stop_group()
+                self.driver.close()  # under the driver's lock: its run may be closing too
                 raise LoadTestError(f"the background load did not stop within {timeout:g}s")
         if self._error is not None:
             if isinstance(self._error, LoadTestError):

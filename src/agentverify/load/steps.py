@@ -59,7 +59,8 @@ from agentverify.seed import Objectives
 if TYPE_CHECKING:
     from agentverify.scenarios.runner import ScenarioContext
 
-__all__ = ["BACKGROUND_KEY", "LoadParams", "background_load", "plan_from_config"]
+__all__ = ["BACKGROUND_KEY", "LoadParams", "background_load", "plan_from_config",
+           "prepare_background_load", "start_background_load"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -134,6 +135,17 @@ def _log_path(ctx: ScenarioContext, name: str) -> Path | None:
     return Path(report_dir) / "load" / f"{name}-{time.strftime('%H%M%S')}.log"
 
 
+def start_child(ctx: ScenarioContext, plan: LoadPlan, name: str,
+                **kwargs: Any) -> LoadDriver:
+    """A driver for ``plan`` whose Locust child is started now (it gets ready while the
+    caller measures what comes before the load) and closed after the scenario if it never
+    ran; its log is the run's ``name`` log."""
+    driver = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run,
+                        **kwargs).start()
+    ctx.defer(f"stop the {name} load child", driver.close)
+    return driver
+
+
 def _ledger_cost(ctx: ScenarioContext, prices: PriceTable, before: dict[str, Any]) -> float:
     return prices.cost(LedgerDelta.between(before, ctx.ledger())).total_usd
 
@@ -188,6 +200,9 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
     slo_abort = SLOAbort(slo, params.warmup_s, params.warmup_requests)
 
     mapping = config.monitoring.metrics
+    # the child loads Locust while the figures to compare against are read (a fresh scrape
+    # takes up to a scrape interval): its users start only at run()
+    driver = start_child(ctx, plan, "load")
     ledger_before = ctx.ledger()
     metrics_before = (read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
                       if params.check_metrics else None)
@@ -208,8 +223,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
             + (f", budget {format_usd(budget_usd)}" if budget_usd is not None else "")
             + (", abort on SLO breach" if abort_on_fail else ""))
     first: dict[str, float] = {}  # the load's t=0 on the wall clock, for the report's plots
-    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, "load"),
-                     run=ctx.stack.run).run(
+    run = driver.run(
         abort_on=slo_abort.check if abort_on_fail else None, poll=poll,
         on_snapshot=lambda snap: first.setdefault("t0", time.time() - snap.t))
     result = run.result
@@ -384,9 +398,10 @@ class CacheCostParams(StepParams):
     workers: int | None = Field(None, ge=0, le=64)
 
 
-def _measure(ctx: ScenarioContext, prices: PriceTable, plan: LoadPlan, name: str) -> dict[str, Any]:
+def _measure(ctx: ScenarioContext, prices: PriceTable, driver: LoadDriver) -> dict[str, Any]:
+    plan = driver.plan
     before = ctx.ledger()
-    run = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run).run()
+    run = driver.run()
     result = run.result
     ctx.waited(result.duration_s, "load")
     _raise_contract_errors(result.errors)
@@ -422,14 +437,17 @@ def cache_cost(ctx: ScenarioContext, params: CacheCostParams) -> dict[str, Any]:
                            hot_set=params.hot_set, locustfile=None)
     high = plan_from_config(ctx, base, repeat_ratio=params.high_repeat_ratio,
                             hot_set=params.hot_set, locustfile=None)
-    # the hot set is answered once before, so a repeat is a hit from its first ask
+    # both children load Locust while the hot set is answered once (so a repeat is a hit
+    # from its first ask) and while the first load runs
+    drivers = [start_child(ctx, low, "cache-cost-low"),
+               start_child(ctx, high, "cache-cost-high")]
     for prompt in low.prompts[:params.hot_set]:
         reply = ctx.ask(prompt)
         if not reply.ok:
             raise ScenarioError(f"warming the cache: the chat request answered "
                                 f"{reply.describe()}")
-    a = _measure(ctx, prices, low, "cache-cost-low")
-    b = _measure(ctx, prices, high, "cache-cost-high")
+    a = _measure(ctx, prices, drivers[0])
+    b = _measure(ctx, prices, drivers[1])
     ratio = b["per_request"] / a["per_request"] if a["per_request"] else None
     facts: dict[str, Any] = {
         "cache_cost_low_hit_ratio": round(a["hit_ratio"], 4),
@@ -466,27 +484,40 @@ class LoadStartParams(StepParams):
                                   description="stopped by load_stop, or after this long")
 
 
-def background_load(ctx: ScenarioContext, params: LoadStartParams, name: str) -> BackgroundLoad:
-    """Start a background load for ``params`` (stopped after the scenario if still on)."""
+def prepare_background_load(ctx: ScenarioContext, params: LoadStartParams,
+                            name: str) -> BackgroundLoad:
+    """A background load for ``params`` whose child is loading Locust now; its users start
+    at ``start()`` (see :func:`start_background_load`). Stopped after the scenario if still
+    on, and its child if it never ran."""
     plan = plan_from_config(ctx, LoadParams(users=params.users, spawn_rate=params.spawn_rate,
                                             user_rps=params.user_rps,
                                             repeat_ratio=params.repeat_ratio,
                                             duration_s=params.max_duration_s,
                                             shape="constant"),
                             hot_set=params.hot_set, locustfile=None)
-    driver = LoadDriver(plan, say=ctx.say, log_path=_log_path(ctx, name), run=ctx.stack.run,
-                        progress_interval_s=10.0)
-    load = BackgroundLoad(driver).start()
+    load = BackgroundLoad(start_child(ctx, plan, name, progress_interval_s=10.0), name=name)
 
     def stop_if_running() -> None:
         if load.running:
             load.stop()
 
-    ctx.defer(f"stop the {name} load", stop_if_running)
-    ctx.say(f"  {name}: {plan.users} users" + (f" at {plan.user_rps:g} requests/s each"
-                                               if plan.user_rps else " unpaced")
+    ctx.defer(f"stop the {name} load", stop_if_running)  # runs before the child's close
+    return load
+
+
+def start_background_load(ctx: ScenarioContext, load: BackgroundLoad) -> BackgroundLoad:
+    """Start the users of a prepared background load, and say so."""
+    plan = load.driver.plan
+    load.start()
+    ctx.say(f"  {load.name}: {plan.users} users" + (f" at {plan.user_rps:g} requests/s each"
+                                                    if plan.user_rps else " unpaced")
             + f" against {plan.host}, in the background")
     return load
+
+
+def background_load(ctx: ScenarioContext, params: LoadStartParams, name: str) -> BackgroundLoad:
+    """Start a background load for ``params`` (stopped after the scenario if still on)."""
+    return start_background_load(ctx, prepare_background_load(ctx, params, name))
 
 
 @step("load_start", params=LoadStartParams, facts=())

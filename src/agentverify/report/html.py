@@ -29,13 +29,14 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import html
 import io
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -109,6 +110,11 @@ _SERIES_COLOURS = ["#1a73e8", "#e8710a", "#188038", "#9334e6", "#c5221f", "#12b5
 # Grafana-style nice steps for a time axis, in seconds
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes in service logs
 _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+#: scenarios with figures from which a page draws them in worker processes: a page of the
+#: bundled gate (22 scenarios, 35 figures) took 12 s in one process on 2 cores
+PARALLEL_SECTIONS = 8
+#: seconds the drawing workers may take, together, before the caller draws what they did not
+WORKER_TIMEOUT_S = 300.0
 
 
 # ------------------------------------------------------------------------------ figures
@@ -214,7 +220,8 @@ def _bands(ax: Any, events: Iterable[dict[str, Any]], origin: float, span: float
             wide = (x1 or x0) - x0 >= narrow
             ax.text(x0 + span * 0.004, 0.985, ev["label"], transform=on_top, fontsize=6.5,
                     va="top", ha="left", rotation=0 if wide else 90, clip_on=True,
-                    color="#c5221f" if failed else "#137333", zorder=3)
+                    color="#c5221f" if failed else "#137333", zorder=3,
+                    in_layout=False)  # clipped to the axes: no margin to make for it
             continue
         colour = _KIND_COLOURS.get(ev["kind"], "#5f6368")
         if x1 is not None and x1 - x0 > span * 0.004:
@@ -222,7 +229,7 @@ def _bands(ax: Any, events: Iterable[dict[str, Any]], origin: float, span: float
         ax.axvline(x0, color=colour, linewidth=1.0, linestyle="--", zorder=2)
         ax.text(x0 + span * 0.003, 0.80, f"{ev['kind']}: {ev['label']}", transform=on_top,
                 fontsize=6.2, rotation=90, va="top", ha="left", color=colour, clip_on=True,
-                zorder=3)
+                zorder=3, in_layout=False)
 
 
 def _nan(value: Any) -> float:
@@ -507,18 +514,100 @@ def _steps(s: dict[str, Any]) -> str:
             "<th>timing</th><th>error</th></tr>" + "".join(rows) + "</table>")
 
 
-def _scenario(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
+def _scenario_key(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
+    """What a scenario's section is drawn from, as one string (picklable, hashable)."""
     events = [ev for ev in timeline if ev.get("scenario") == s["name"]
               and ev["kind"] not in ("step", "scenario")]
-    return _scenario_cached(json.dumps([index, s, events], default=str))
+    return json.dumps([index, s, events], default=str)
 
 
-@functools.lru_cache(maxsize=128)
-def _scenario_cached(key: str) -> str:
-    # the session rewrites the report after every scenario: a finished scenario's section
-    # (its figures are most of the work) is drawn once, not once per later scenario
+def _cpus() -> int:
+    """The CPUs this process may run on (not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def draw_section(key: str) -> str:
+    """A scenario's section from its :func:`_scenario_key` (what a worker draws)."""
     index, s, events = json.loads(key)
     return _scenario_section(index, s, events)
+
+
+class _Sections:
+    """The scenario sections of a page, drawn by worker processes while the caller draws
+    the rest, when there are enough figures to pay for the workers' start (about a second
+    of imports each); else, or when a worker fails, here and now.
+
+    A worker is ``python -m agentverify.report.draw`` (section keys in on stdin, sections
+    out on stdout): a process of its own, never a fork of one running threads, and never
+    a re-run of the caller's ``__main__`` (as multiprocessing's spawn would do). Drawing
+    is deterministic, so the page is the same either way. A section already drawn (the
+    same key) comes from a small cache: a re-rendered report draws only what changed.
+    """
+
+    _cache: dict[str, str] = {}
+
+    def __init__(self, sections: list[tuple[str, bool]], *,
+                 parallel_from: int | None = None) -> None:
+        parallel_from = PARALLEL_SECTIONS if parallel_from is None else parallel_from
+        self.keys = [key for key, _figures in sections]
+        drawn = [key for key, figures in dict(sections).items()
+                 if figures and key not in self._cache]
+        workers = min(len(drawn) // 3, _cpus(), 4)
+        self._workers: list[tuple[list[str], subprocess.Popen[bytes]]] = []
+        if len(drawn) >= parallel_from and workers >= 2:
+            chunks = [drawn[i::workers] for i in range(workers)]
+            try:
+                for chunk in chunks:  # every worker imports while the next one starts
+                    self._workers.append((chunk, subprocess.Popen(
+                        [sys.executable, "-m", "agentverify.report.draw"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL)))
+                for chunk, proc in self._workers:
+                    assert proc.stdin is not None
+                    # one line (JSON has no raw newline); stdin stays open for communicate()
+                    proc.stdin.write(json.dumps(chunk).encode() + b"\n")
+                    proc.stdin.flush()
+            except OSError:  # e.g. no process can be started: drawn here instead
+                self.stop()
+            except BaseException:  # e.g. Ctrl-C while a worker is handed its sections
+                self.stop()
+                raise
+
+    def result(self) -> list[str]:
+        deadline = time.monotonic() + WORKER_TIMEOUT_S  # for all of them together
+        try:
+            for chunk, proc in self._workers:
+                try:
+                    out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                    pages = json.loads(out) if proc.returncode == 0 else None
+                except (subprocess.TimeoutExpired, ValueError):
+                    pages = None
+                if isinstance(pages, list) and len(pages) == len(chunk):
+                    self._cache.update(zip(chunk, pages, strict=True))
+        finally:
+            self.stop()
+        for key in self.keys:
+            if key not in self._cache:
+                self._cache[key] = draw_section(key)
+        page = [self._cache[key] for key in self.keys]
+        if len(self._cache) > 256:  # keep the newest half
+            for key in list(self._cache)[:-128]:
+                del self._cache[key]
+        return page
+
+    def stop(self) -> None:
+        """Stop the workers still running (idempotent; :meth:`result` calls it)."""
+        for _chunk, proc in self._workers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
+        self._workers = []
 
 
 def _scenario_section(index: int, s: dict[str, Any], events: list[dict[str, Any]]) -> str:
@@ -563,9 +652,12 @@ def _scenario_section(index: int, s: dict[str, Any], events: list[dict[str, Any]
 
 
 def render_html(data: dict[str, Any], *, compare: dict[str, Any] | None = None,
-                compare_label: str = "the other run") -> str:
+                compare_label: str = "the other run",
+                parallel_from: int | None = None) -> str:
     """The report page of a journal's JSON (:meth:`RunJournal.to_json`, or a saved
     ``results.json``); with ``compare``, a section beside that other run's journal.
+    The scenarios' figures are drawn in worker processes from ``parallel_from`` scenarios
+    with figures on (default :data:`PARALLEL_SECTIONS`; the page is the same).
 
     Example:
         >>> page = render_html(json.loads(Path("reports/results.json").read_text()))
@@ -575,18 +667,25 @@ def render_html(data: dict[str, Any], *, compare: dict[str, Any] | None = None,
     ordered = [x for x in scenarios if not x[1].get("passed")] + \
         [x for x in scenarios if x[1].get("passed")]
     timeline = data.get("timeline", [])
-    title = (f"agentverify {data.get('env', '?')}: "
-             f"{'PASSED' if run_overview(data)['verdict'] else 'FAILED'}")
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
-           _header(data)]
-    if compare is not None:
-        out.append(_compare(data, compare, compare_label))
-    out.append(_dashboard(data))
-    out.append(_timeline_table(data))
-    out.append("<h2>Scenarios <span class=\"meta\">(failed first)</span></h2>")
-    out.extend(_scenario(i, s, timeline) for i, s in ordered)
+    # the scenarios' figures are most of the work: started first, drawn beside the rest
+    sections = _Sections([(_scenario_key(i, s, timeline),
+                           any(ser.get("points") for ser in (s.get("series") or {}).values()))
+                          for i, s in ordered], parallel_from=parallel_from)
+    try:
+        title = (f"agentverify {data.get('env', '?')}: "
+                 f"{'PASSED' if run_overview(data)['verdict'] else 'FAILED'}")
+        out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+               '<meta name="viewport" content="width=device-width, initial-scale=1">',
+               f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
+               _header(data)]
+        if compare is not None:
+            out.append(_compare(data, compare, compare_label))
+        out.append(_dashboard(data))
+        out.append(_timeline_table(data))
+        out.append("<h2>Scenarios <span class=\"meta\">(failed first)</span></h2>")
+        out.extend(sections.result())
+    finally:  # an error drawing the rest must not leave a worker behind
+        sections.stop()
     out.append(f"<footer>agentverify report · journal started {e(str(data.get('started', '')))}"
                " · every figure on this page comes from the run's journal (results.json)"
                "</footer></main></body></html>")

@@ -126,9 +126,8 @@ def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParam
         return None
     by_replica = ctx.contract.maps("replica")
     since = probe.elapsed
-    t0 = time.monotonic()
-    deadline = t0 + params.bake_s
-    try:
+    deadline = time.monotonic() + params.bake_s
+    with ctx.waiting("bake"):
         while True:
             time.sleep(min(0.1, params.bake_s))
             report = probe.snapshot()
@@ -144,8 +143,6 @@ def _bake(ctx: ScenarioContext, version: str, replica: str, params: RolloutParam
                         f"errors while baking (allowed ratio {params.max_error_ratio:g})")
             if time.monotonic() >= deadline:
                 return None
-    finally:
-        ctx.waited(time.monotonic() - t0, "bake")
 
 
 def do_rollout(ctx: ScenarioContext, params: RolloutParams) -> dict[str, Any]:

@@ -9,9 +9,10 @@ a known state even after an interrupted rollout.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,21 @@ class ScenarioContext:
         if self.step is not None and seconds > 0:
             self.step.waited(reason, seconds)
 
+    @contextlib.contextmanager
+    def waiting(self, reason: str) -> Iterator[None]:
+        """Account for the time the block takes (raising or not) as a wait on purpose:
+        a wait on what the configuration times, such as an alert's path or a bake.
+
+        Example:
+            >>> with ctx.waiting("alert"):                                  # doctest: +SKIP
+            ...     watch.wait(lambda w: w.firing_at, timeout)
+        """
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waited(time.monotonic() - start, reason)
+
     def defer(self, description: str, func: Callable[[], None]) -> None:
         """Run ``func`` after the scenario, even if it fails or is interrupted."""
         self._cleanups.append((description, func))
@@ -189,10 +205,9 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     want_version = config.stack.version
     agent_config = getattr(stack, "agent_config", None)  # None: not made from a config
     if agent_config is not None and agent_config != config:
-        say(f"restoring baseline: replicas back on the configured agent config at {want_version}")
-        rollout = stack.reconfigure_agents(config, version=want_version)
-        if rollout.failure:
-            raise StackError(f"restoring the agent configuration failed: {rollout.failure}")
+        say(f"restoring baseline: every replica back on the configured agent config at "
+            f"{want_version} at once")
+        stack.reconfigure_agents(config, version=want_version, at_once=True)
     if any(v != want_version for v in stack.versions):
         say(f"restoring baseline: every replica back to {want_version} at once")
         stack.promote(stack.start_standby(want_version))

@@ -1,6 +1,7 @@
 """The local backend: every service is a real process on this machine.
 
-Each instance runs in its own process group (``start_new_session``), with its output in
+Each instance runs in its own process group (in the caller's session: see
+:data:`~agentverify.stack.runstate.OWN_PROCESS_GROUP`), with its output in
 ``<run_dir>/services/<instance>/log``, its rendered files in ``conf/`` and its data in
 ``data/``. Ports are allocated on 127.0.0.1 at start. Teardown signals the whole process
 group (nginx workers, uvicorn children) and kills it after a grace period; every
@@ -27,6 +28,7 @@ from agentverify.stack.backend import CommandResult, Handle, InstanceState, Peer
 from agentverify.stack.host import free_port, tail_file, write_atomic
 from agentverify.stack.placeholders import Resolver, make_resolver, render_template
 from agentverify.stack.runstate import (
+    OWN_PROCESS_GROUP,
     RUN_ID_ENV,
     RunContext,
     kill_group,
@@ -156,7 +158,7 @@ class LocalBackend:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=self._env(handle, peers), cwd=st.dirs.base,
-                    start_new_session=True, close_fds=True)
+                    close_fds=True, **OWN_PROCESS_GROUP)
             except OSError as exc:
                 raise ServiceStartError(
                     f"{handle.name}: cannot run {argv[0]!r}: {exc.strerror}") from exc

@@ -32,9 +32,19 @@ from typing import Any
 
 __all__ = ["InstanceDirs", "RunContext", "belongs_to_run", "default_state_dir", "kill_group",
            "owner_alive", "process_alive", "reap_stale_runs", "terminate_group",
-           "RUN_ID_ENV"]
+           "OWN_PROCESS_GROUP", "RUN_ID_ENV"]
 
 RUN_ID_ENV = "AGENTVERIFY_RUN_ID"
+
+#: ``subprocess.Popen`` keywords for a process of ours: a process group of its own (so it
+#: and its children are stopped, and reaped, by group id, and a Ctrl-C at the terminal
+#: reaches only agentverify, which stops them in order), but the caller's session. Not a
+#: session of its own (``start_new_session``): Linux's autogroup scheduler shares the CPU
+#: per session, so a stack of 15 services in 15 sessions took 15 shares of the machine
+#: against one for all of the docker engine's containers: beside a local load spike a
+#: container's fixed work took 4.7 times as long as idle at the 90th percentile (1.9 times
+#: with the stack in one session), and a docker rolling update's probe timed out.
+OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0}
 KEEP_FINISHED_RUNS = 5
 
 
@@ -115,7 +125,7 @@ def _pids_in_group(pgid: int) -> list[int]:
 
 def terminate_group(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
                     grace: float = 10.0, kill: bool = True) -> None:
-    """Stop the process group ``proc`` leads (it was started with ``start_new_session``).
+    """Stop the process group ``proc`` leads (it was started with :data:`OWN_PROCESS_GROUP`).
 
     Sends ``sig`` to the group, waits up to ``grace`` seconds for the leader, then (if
     ``kill``) SIGKILLs the group. Idempotent; only this process's own group is signalled.

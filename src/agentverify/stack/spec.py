@@ -211,6 +211,16 @@ class StackSpec:
             visit(s)
         return done
 
+    def stop_ranks(self) -> dict[str, int]:
+        """Service name -> its rank at teardown: 0 for what nothing depends on, else one
+        more than the highest rank of its dependents. Stopping rank by rank, each rank
+        at once, stops every service after everything that uses it."""
+        rank: dict[str, int] = {}
+        for s in reversed(self.order()):  # every dependent comes before its dependencies
+            users = [rank[u.name] for u in self.services if s.name in u.depends_on]
+            rank[s.name] = 1 + max(users) if users else 0
+        return rank
+
 
 # ------------------------------------------------------------------------------ the seed
 

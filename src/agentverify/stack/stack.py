@@ -431,15 +431,27 @@ class Stack:
             return self._routes.to_instance(handle)
         return handle.address("http")
 
-    def _drain(self) -> None:
+    def _drain(self, *, account: bool = True) -> None:
         """The deregistration delay (``stack.lb.drain_s``): after a reload, nginx's old
         workers still forward the requests they had accepted to the instances they knew;
-        stopping those at once would fail (or retry) them."""
-        delay = self.config.stack.lb.drain_s if self.config is not None else 0.0
+        stopping those at once would fail (or retry) them. ``account=False``: the caller
+        accounts for the part of it nothing else ran beside (a rollout's next start)."""
+        delay = self._drain_s()
         if delay:
             time.sleep(delay)
+            if account:
+                self._account_drain(delay)
+
+    def _drain_s(self) -> float:
+        return self.config.stack.lb.drain_s if self.config is not None else 0.0
+
+    def _account_drain(self, seconds: float) -> None:
+        """Journal ``seconds`` (at most one deregistration delay) spent only draining as a
+        wait."""
+        seconds = min(seconds, self._drain_s())
+        if seconds > 0:
             with self._lock:
-                self.waits["drain"] = self.waits.get("drain", 0.0) + delay
+                self.waits["drain"] = self.waits.get("drain", 0.0) + seconds
 
     def _retire(self, handle: Handle, grace: float | None = None) -> None:
         """Stop an agent instance that no longer serves, and drop what routed to it."""
@@ -550,17 +562,17 @@ class Stack:
             raise error
 
     def _stop_started(self) -> None:
-        """Stop every started instance, reverse dependency order, parallel within a rank."""
+        """Stop every started instance after everything that uses it; all of a rank
+        (:meth:`StackSpec.stop_ranks`) at once."""
         with self._lock:
             everything = list(self._state.started)
             self._state.started = []
-        order = {s.name: i for i, s in enumerate(self.spec.order())}
+        ranks = self.spec.stop_ranks()
         by_rank: dict[int, list[Handle]] = {}
         for h in everything:
-            rank = order.get(h.spec.name, len(order))
-            by_rank.setdefault(rank, []).append(h)
+            by_rank.setdefault(ranks.get(h.spec.name, 0), []).append(h)
         errors: list[BaseException] = []
-        for rank in sorted(by_rank, reverse=True):
+        for rank in sorted(by_rank):
             handles = by_rank[rank]
             with cf.ThreadPoolExecutor(max_workers=len(handles)) as pool:
                 for fut in [pool.submit(self._stop_quietly, h) for h in handles]:
@@ -637,6 +649,18 @@ class Stack:
         there on another replica (each runs twice). It exists to prove the gate on
         ``retried_requests``; never use it to deploy.
         """
+        new, retire = self._switch_replica(replica, version, health_timeout=health_timeout,
+                                           drain=drain)
+        retire()
+        return new
+
+    def _switch_replica(self, replica: Replica, version: str, *,
+                        health_timeout: float | None, drain: bool,
+                        account_drain: bool = True,
+                        ) -> tuple[Replica, Callable[[], float | None]]:
+        """:meth:`replace_replica` up to the switch of traffic; returns the new replica and
+        what is left: draining and stopping the old one (which fills ``new.replaced`` and
+        returns when its drain ended, monotonic; None without a drain)."""
         svc = self._agent_spec(version).for_replica(replica.instance)
         t0 = time.monotonic()
         try:
@@ -657,17 +681,24 @@ class Stack:
         self._sync_routing()
         self._sync_targets()
         switched = time.monotonic()
-        if drain:
-            self._drain()
-            self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
-        self.backend.stop(replica.handle)
-        ended = self.backend.status(replica.handle)
-        self._retire(replica.handle)
-        self.progress(ProgressEvent(replica.handle.name, "stopped"))
-        new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
-                                  switched - t0, time.monotonic() - t0,
-                                  exit_code=ended.exit_code, stopped_cleanly=ended.stopped_cleanly)
-        return new
+
+        def retire() -> float | None:
+            drained_at = None
+            if drain:
+                self._drain(account=account_drain)
+                drained_at = time.monotonic()
+                self.progress(ProgressEvent(replica.handle.name, "stopping", detail="drained"))
+            self.backend.stop(replica.handle)
+            ended = self.backend.status(replica.handle)
+            self._retire(replica.handle)
+            self.progress(ProgressEvent(replica.handle.name, "stopped"))
+            new.replaced = StepTiming(replica.instance, replica.version, version, healthy - t0,
+                                      switched - t0, time.monotonic() - t0,
+                                      exit_code=ended.exit_code,
+                                      stopped_cleanly=ended.stopped_cleanly)
+            return drained_at
+
+        return new, retire
 
     def _discard_failed(self, instance: str, generation: int) -> None:
         with self._lock:
@@ -680,11 +711,13 @@ class Stack:
         with self._lock:
             self._state.started = [h for h in self._state.started if h is not handle]
 
-    def start_standby(self, version: str) -> list[Replica]:
+    def start_standby(self, version: str, *,
+                      health_timeout: float | None = None) -> list[Replica]:
         """Start a new generation of every replica at ``version``, next to the serving one.
 
         The standby replicas are healthy but receive no traffic until :meth:`promote`
         (the seed's "deploy application" step, done blue/green so nothing is dropped).
+        ``health_timeout`` overrides the readiness deadline (stack.start_timeout).
 
         Raises:
             DeployError: a standby replica did not become healthy (the ones that did are
@@ -698,7 +731,8 @@ class Stack:
                                    thread_name_prefix="agentverify-standby") as pool:
             futs = [(r, pool.submit(self._start_instance,
                                     svc.for_replica(r.instance), r.instance,
-                                    r.handle.generation + 1)) for r in current]
+                                    r.handle.generation + 1, health_timeout=health_timeout))
+                    for r in current]
             for r, fut in futs:
                 try:
                     standby.append(Replica(r.slot, version, fut.result()))
@@ -751,40 +785,75 @@ class Stack:
         """
         rollout = Rollout(version=version, from_version=self.current_version)
         t0 = time.monotonic()
-        for replica in self.replicas:
-            if replica.version == version and not force:
-                continue
-            try:
-                new = self.replace_replica(replica, version, health_timeout=health_timeout,
-                                           drain=drain)
-            except DeployError as exc:
-                rollout.failure = str(exc).splitlines()[0]
-                break
+        # like Kubernetes' maxSurge 1 / maxUnavailable 0: the replaced replica drains and
+        # stops in the background while the next one starts (and the new one bakes); at
+        # most one retires at a time, and every one has stopped when this returns
+        retiring: tuple[Replica, cf.Future[float | None]] | None = None
+        pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentverify-retire")
+
+        def finish_retiring() -> None:
+            nonlocal retiring
+            if retiring is None:
+                return
+            new, fut = retiring
+            retiring = None
+            blocked = time.monotonic()
+            drained_at = fut.result()
+            if drained_at is not None:  # the part of the drain nothing else ran beside
+                self._account_drain(min(drained_at, time.monotonic()) - blocked)
             assert new.replaced is not None
             rollout.steps.append(new.replaced)
-            self.progress(ProgressEvent(new.instance, "info", detail=f"now on {version}"))
-            reason = after_each(new) if after_each is not None else None
-            if reason:
-                rollout.failure = reason
-                break
+
+        try:
+            for replica in self.replicas:
+                if replica.version == version and not force:
+                    continue
+                try:
+                    new, retire = self._switch_replica(replica, version,
+                                                       health_timeout=health_timeout,
+                                                       drain=drain, account_drain=False)
+                except DeployError as exc:
+                    rollout.failure = str(exc).splitlines()[0]
+                    break  # the replica before it is retired below
+                # queued behind the previous retire (one worker): submitted before waiting
+                # for that one, so a failed stop there cannot leave this one running
+                fut = pool.submit(retire)
+                finish_retiring()
+                retiring = (new, fut)
+                self.progress(ProgressEvent(new.instance, "info", detail=f"now on {version}"))
+                reason = after_each(new) if after_each is not None else None
+                if reason:
+                    rollout.failure = reason
+                    break
+        finally:
+            try:
+                finish_retiring()
+            finally:
+                pool.shutdown(wait=True)
         rollout.seconds = time.monotonic() - t0
         return rollout
 
     # ------------------------------------------------------------------ agent configuration
 
     def reconfigure_agents(self, config: Any, *, version: str | None = None,
-                           health_timeout: float | None = None) -> Rollout:
+                           health_timeout: float | None = None,
+                           at_once: bool = False) -> Rollout:
         """Restart every replica, one at a time, with the agent made from ``config`` (a
         changed copy of the stack's config: another rate limit, the backup model ...):
         the seed's "change config.yaml, restart the service", drained in nginx replica by
         replica through :meth:`rolling_update`. ``version`` (default: the current one)
-        moves the replicas to another version in the same pass.
+        moves the replicas to another version in the same pass. ``at_once``: replace
+        every replica in one blue/green switch instead (:meth:`start_standby` then
+        :meth:`promote`: one agent start on the clock, for when no traffic is measured;
+        the rollout then has no steps, it replaced no replica one by one).
 
         The replicas run with ``config`` from now on (:attr:`agent_config`), also when a
         replica fails to start on it (the rollout stops there; the caller decides).
 
         Raises:
             StackError: this stack was not made by :meth:`from_config`.
+            DeployError: ``at_once`` and a new replica did not become healthy (the
+                serving ones are untouched).
         """
         spec_for = self._agent_spec_for
         if spec_for is None:
@@ -794,8 +863,14 @@ class Stack:
             self.agent_factory = lambda v: spec_for(config, v)
             self._agent_specs.clear()
             self.agent_config = config
-        return self.rolling_update(version or self.current_version, force=True,
-                                   health_timeout=health_timeout)
+        version = version or self.current_version
+        if at_once:
+            rollout = Rollout(version=version, from_version=self.current_version)
+            t0 = time.monotonic()
+            self.promote(self.start_standby(version, health_timeout=health_timeout))
+            rollout.seconds = time.monotonic() - t0
+            return rollout
+        return self.rolling_update(version, force=True, health_timeout=health_timeout)
 
     def restart_agents(self, *, health_timeout: float | None = None) -> Rollout:
         """Restart every replica one at a time on what it runs (the seed's rolling
