@@ -14,14 +14,26 @@ shared stacks, then the modules measured longest, then the other integration mod
 the plugin tests, the unit tests. xdist's own order (most tests first) put the unit
 modules, hundreds of quick tests, first and a module of one 160 s test last, for one
 worker to run while the other waited.
+
+A test marked ``quiet_machine`` runs while the other worker runs nothing: its zero-failure
+gate (a rolling update on docker under a probe) measures the deployment, and on two cores
+the other worker's heavy test (a high-load drill, a Locust run) starved its containers into
+10 s client timeouts in CI twice. The other worker finishes the test it is in, then waits
+(a file lock: every test holds it shared, a quiet one exclusively, behind a turnstile so
+the shared holders cannot starve it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,6 +93,54 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return f"stack-{match.group(1)}" if match else super()._split_scope(nodeid)
 
     return SharedStackScheduling(config, log)
+
+
+#: the directory of the quiet_machine lock, made by the xdist controller for its workers
+_LOCK_DIR_ENV = "AGENTVERIFY_TEST_LOCK_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "quiet_machine: runs while the other xdist worker runs nothing (a "
+        "zero-failure gate a concurrent heavy test can starve on two cores)")
+    if not hasattr(config, "workerinput") and (config.getvalue("numprocesses") or 0):
+        # the controller, before it starts its workers (they inherit the environment)
+        os.environ[_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="agentverify-tests-lock-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and _LOCK_DIR_ENV in os.environ:
+        shutil.rmtree(os.environ.pop(_LOCK_DIR_ENV), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def machine_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the workers' machine lock in ``directory``: shared, or exclusive (no other
+    holder). An exclusive taker first holds the turnstile, which every shared taker must
+    pass, so shared holders coming and going cannot keep it waiting."""
+    with open(directory / "turnstile", "a") as turnstile, open(directory / "machine", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    directory = os.environ.get(_LOCK_DIR_ENV)
+    if directory is None or not hasattr(item.config, "workerinput"):
+        return (yield)
+    quiet = item.get_closest_marker("quiet_machine") is not None
+    with machine_lock(Path(directory), exclusive=quiet):
+        return (yield)
 
 
 @pytest.fixture(autouse=True)

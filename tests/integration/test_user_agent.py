@@ -227,6 +227,7 @@ def test_load_users_that_cannot_read_the_replies_fail_the_step_with_one_message(
 
 
 @pytest.mark.docker
+@pytest.mark.quiet_machine
 def test_the_example_on_docker_with_its_image_built_from_its_source(
         state_dir: Path, tmp_path: Path) -> None:
     from agentverify.images import build_images

@@ -79,7 +79,7 @@ class CacheConfig(_Section):
     """How long an answer stays in Redis."""
 
     ttl: int = Field(3600, ge=1, description="seconds")
-    timeout: float = Field(0.5, gt=0, description="seconds per Redis call; a slow cache is a miss")
+    timeout: float = Field(1.0, gt=0, description="seconds per Redis call; a slow cache is a miss")
 
 
 class VectorStoreConfig(_Section):
