@@ -97,6 +97,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 #: the directory of the quiet_machine lock, made by the xdist controller for its workers
 _LOCK_DIR_ENV = "AGENTVERIFY_TEST_LOCK_DIR"
+_LOCK_DIR = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,12 +106,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "zero-failure gate a concurrent heavy test can starve on two cores)")
     if not hasattr(config, "workerinput") and (config.getvalue("numprocesses") or 0):
         # the controller, before it starts its workers (they inherit the environment)
-        os.environ[_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="agentverify-tests-lock-")
+        directory = tempfile.mkdtemp(prefix="agentverify-tests-lock-")
+        config.stash[_LOCK_DIR] = directory
+        os.environ[_LOCK_DIR_ENV] = directory
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput") and _LOCK_DIR_ENV in os.environ:
-        shutil.rmtree(os.environ.pop(_LOCK_DIR_ENV), ignore_errors=True)
+    # only the session that made it (a pytester session inside a test inherits the variable)
+    directory = config.stash.get(_LOCK_DIR, None)
+    if directory is not None:
+        os.environ.pop(_LOCK_DIR_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -136,7 +142,8 @@ def machine_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     directory = os.environ.get(_LOCK_DIR_ENV)
-    if directory is None or not hasattr(item.config, "workerinput"):
+    if directory is None or not hasattr(item.config, "workerinput") or \
+            not os.path.isdir(directory):
         return (yield)
     quiet = item.get_closest_marker("quiet_machine") is not None
     with machine_lock(Path(directory), exclusive=quiet):

@@ -6,6 +6,7 @@ stack, under a real probe, and asserts the measured facts and the gate verdicts.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ def test_rolling_update_drops_no_request(av_session: Any, stack: Any) -> None:
 
 
 @LOCAL_ONLY
-def test_errors_while_baking_stop_the_rollout_and_roll_back(av_session: Any,
-                                                            stack: Any) -> None:
+def test_errors_while_baking_stop_the_rollout_and_roll_back(
+        av_session: Any, stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
     result = run(av_session, stack,
                  scenario("rolling_update.yaml", "faulty-rollout-is-rolled-back"))
     assert result.passed, [g.line() for g in result.gates]
@@ -62,6 +63,11 @@ def test_errors_while_baking_stop_the_rollout_and_roll_back(av_session: Any,
     assert facts["replicas_updated"] == 1  # caught on the first replica
     assert "answered" in facts["rollout_failure"] and "v3-errors" in facts["rollout_failure"]
     assert facts["failed_requests"] > 0  # the bad replica did answer errors, and was seen
+    # ... and the report says where they went: the new replica's request log has each one
+    said = capsys.readouterr().out
+    where = re.search(r"failed requests with an id: (\d+) logged by (agent-0\.g\d+)\n", said)
+    assert where and int(where.group(1)) == facts["failed_requests"], said
+    assert f": logged by {where.group(2)}" in said
     assert facts["failed_after_rollback"] == 0
     assert facts["final_version"] == "v1"
 

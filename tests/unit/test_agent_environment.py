@@ -113,7 +113,7 @@ def test_agent_only_keys_are_merged_into_the_written_config_file() -> None:
                              .files["config.yaml"])
     assert written["vector_store"]["embedding_model"] == "text-embedding-3-small"
     assert written["cache"] == {"type": "redis", "url": "redis://${addr:redis}/0",
-                                "ttl": 3600, "timeout": 0.5}
+                                "ttl": 3600, "timeout": 1.0}
     assert "metrics" not in written["monitoring"]  # only agentverify reads the mapping
     assert written["model"]["model_name"] == "gpt-4o-mini"
 

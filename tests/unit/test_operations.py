@@ -285,6 +285,38 @@ def test_the_probe_keeps_each_replys_request_id_and_waits_for_what_it_sent() -> 
     assert len({s.request_id for s in report.samples}) == report.requests
 
 
+def test_a_probe_request_without_a_reply_keeps_the_id_it_was_sent_with() -> None:
+    import time
+
+    import httpx
+
+    from agentverify.contract import AgentContract
+    from agentverify.scenarios.probe import Probe
+
+    sent: list[str] = []
+
+    def agent(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["X-Request-Id"])
+        if len(sent) % 2 == 0:
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(200, headers={"X-Agent-Version": "v1"},  # echoes no id
+                              json={"answer": "a", "sources": [], "cached": False})
+
+    probe = Probe("http://agent.test", rps=50, contract=AgentContract.default())
+    probe._client = httpx.Client(transport=httpx.MockTransport(agent))
+    probe.start()
+    time.sleep(0.3)
+    report = probe.stop()
+    assert report.failed >= 2 and len(set(sent)) == len(sent) == report.requests
+    assert {s.request_id for s in report.samples} == set(sent)
+    assert all(i.startswith("probe-") for i in sent)
+    failed = [s for s in report.samples if not s.ok]
+    lines = report.failures(where={failed[0].request_id: "logged by agent-1.g2"})
+    assert lines[0] == (f"t={failed[0].t:.2f}s ReadTimeout (no version) "
+                        f"{failed[0].request_id}: logged by agent-1.g2")
+    assert lines[1].endswith(f"ReadTimeout (no version) {failed[1].request_id}")
+
+
 def test_the_local_backend_signals_the_process_its_command_started(tmp_path: Path) -> None:
     import sys
     import time

@@ -53,7 +53,8 @@ class ProbeSample:
     replica: str | None
     #: upstreams nginx tried for this request (2 or more: it was retried on another replica)
     attempts: int = 1
-    #: the reply's request id (``stack.agent.contract.logs.request_id_header``), if any
+    #: the reply's request id (``stack.agent.contract.logs.request_id_header``), else the
+    #: one the probe sent (``probe-<tag>-<number>``: a request without a reply has one too)
     request_id: str | None = None
 
     @property
@@ -112,9 +113,18 @@ class ProbeReport:
                   (version is None or s.version == version)]
         return sum(1 for s in chosen if not s.ok), len(chosen)
 
-    def failures(self, limit: int = 5) -> list[str]:
-        return [f"t={s.t:.2f}s {s.status} ({s.version or 'no version'})"
-                for s in self.samples if not s.ok][:limit]
+    def failures(self, limit: int = 5, where: dict[str, str] | None = None) -> list[str]:
+        """The first ``limit`` failed requests, one line each; ``where``: what is known of
+        a request id (e.g. which agent logged it), added to its line."""
+        lines = []
+        for s in [s for s in self.samples if not s.ok][:limit]:
+            line = f"t={s.t:.2f}s {s.status} ({s.version or 'no version'})"
+            if s.request_id:
+                line += f" {s.request_id}"
+                if where and s.request_id in where:
+                    line += f": {where[s.request_id]}"
+            lines.append(line)
+        return lines
 
     @property
     def retried(self) -> int:
@@ -245,14 +255,20 @@ class Probe:
             if self.unique:
                 req = self.contract.request(f"{self.message} (probe {self._tag}-{number})",
                                             client_id=self.client_id, headers=self.headers)
-            headers = req.headers if self.keepalive else {**req.headers, "Connection": "close"}
+            headers = dict(req.headers)
+            if not self.keepalive:
+                headers["Connection"] = "close"
+            if self._request_id_header:
+                # an id of its own, which agents keep and log: a request that got no answer
+                # can still be looked for in the agents' request logs (see request_id)
+                request_id = headers[self._request_id_header] = f"probe-{self._tag}-{number}"
             resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
                                         headers=headers)
             status = resp.status_code
             version, replica = self.contract.identity(resp.headers, resp.text)
             attempts = upstream_attempts(resp.headers.get(UPSTREAM_HEADER))
             if self._request_id_header:
-                request_id = resp.headers.get(self._request_id_header)
+                request_id = resp.headers.get(self._request_id_header, request_id)
             if status == 200 and self._problem is None:
                 try:
                     self.contract.parse(status, resp.headers, resp.text,

@@ -20,13 +20,15 @@ zero failed requests is achievable and is the default gate.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from agentverify.errors import ContractError, ScenarioError
+from agentverify.errors import AgentOpError, ContractError, ScenarioError
+from agentverify.logrotate import count_request_ids, log_files
 from agentverify.report.journal import TimeSeries
-from agentverify.scenarios.probe import Probe
+from agentverify.scenarios.probe import Probe, ProbeReport
 from agentverify.scenarios.registry import StepParams, step
 
 if TYPE_CHECKING:
@@ -89,9 +91,39 @@ def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
             f"{report.retried} retried on another replica, longest gap "
             f"{report.longest_gap_s:.3f}s, statuses {dict(report.statuses)}, "
             f"versions {dict(report.versions)}")
-    for line in report.failures():
+    where = _where_logged(ctx, report)
+    if where:
+        spread = Counter(where.values())
+        ctx.say("  failed requests with an id: " + ", ".join(
+            f"{n} {place}" for place, n in spread.most_common()))
+    for line in report.failures(where=where):
         ctx.say(f"  failed request {line}")
     return facts
+
+
+def _where_logged(ctx: ScenarioContext, report: ProbeReport) -> dict[str, str]:
+    """Where each failed probe request (by the id it carried) is in the agents' request
+    logs: an instance that logged it got it and finished it, too late or with an error;
+    none did: it never reached an agent's handler, or the agent never finished it."""
+    ids = {s.request_id for s in report.samples if not s.ok and s.request_id}
+    logs = ctx.contract.section.logs
+    if not ids or not logs.request_id_header:
+        return {}
+    found: dict[str, list[str]] = {}
+    try:
+        for name, path in ctx.stack.agent_logs():
+            files = log_files(path)
+            if files:
+                count = count_request_ids(files, fmt=logs.format, field=logs.request_id_field,
+                                          wanted=ids)
+                for request_id in ids:
+                    if count.ids[request_id]:
+                        found.setdefault(request_id, []).append(name)
+    except AgentOpError as exc:
+        ctx.say(f"  the failed requests were not looked for in the agents' logs: {exc}")
+        return {}
+    return {i: f"logged by {', '.join(found[i])}" if i in found else "in no agent's log"
+            for i in ids}
 
 
 def _probe(ctx: ScenarioContext) -> Probe | None:

@@ -170,6 +170,8 @@ class Stack:
         self.waits: dict[str, float] = {}
         #: every instance start: [instance, role, started unix, ready unix or None]
         self.start_log: list[list[Any]] = []
+        #: every agent instance started, serving or since retired (their request logs)
+        self._agent_handles: list[Handle] = []
         #: ``(config, version) -> ServiceSpec``: how :meth:`reconfigure_agents` makes the
         #: agent from a changed config (set by :meth:`from_config`)
         self._agent_spec_for: Callable[[Any, str], ServiceSpec] | None = None
@@ -305,6 +307,19 @@ class Stack:
             raise StackError("the agent is given no request log: stack.agent.variables."
                              "log_file is null")
         return self.data_path(name) / AGENT_LOG_NAME
+
+    def agent_logs(self) -> list[tuple[str, Path]]:
+        """``(instance name, request log path)`` of every agent instance this stack
+        started, serving or since replaced (``agent-0``, ``agent-0.g2`` ...), oldest first;
+        empty when the agent is given no request log (see :meth:`agent_log`)."""
+        from agentverify.stack.spec import AGENT_LOG_NAME
+
+        config = self.agent_config
+        if config is not None and config.stack.agent.variables.log_file is None:
+            return []
+        with self._lock:
+            handles = list(self._agent_handles)
+        return [(h.name, Path(self.backend.volume_path(h)) / AGENT_LOG_NAME) for h in handles]
 
     @property
     def lb_url(self) -> str:
@@ -476,6 +491,8 @@ class Stack:
             raise type(exc)(self.redactor(str(exc))) from None
         with self._lock:
             self._state.started.append(handle)
+            if svc.role == ROLE_AGENT:
+                self._agent_handles.append(handle)
         if self._abort.is_set():  # start-up was aborted while this one was starting
             self._stop_quietly(handle)
             self._forget(handle)
