@@ -308,13 +308,14 @@ def test_a_probe_request_without_a_reply_keeps_the_id_it_was_sent_with() -> None
     time.sleep(0.3)
     report = probe.stop()
     assert report.failed >= 2 and len(set(sent)) == len(sent) == report.requests
-    assert {s.request_id for s in report.samples} == set(sent)
+    assert {s.sent_id for s in report.samples} == {s.log_id for s in report.samples} == set(sent)
+    assert all(s.request_id is None for s in report.samples)  # no reply carried one
     assert all(i.startswith("probe-") for i in sent)
     failed = [s for s in report.samples if not s.ok]
-    lines = report.failures(where={failed[0].request_id: "logged by agent-1.g2"})
+    lines = report.failures(where={failed[0].sent_id: "logged by agent-1.g2"})
     assert lines[0] == (f"t={failed[0].t:.2f}s ReadTimeout (no version) "
-                        f"{failed[0].request_id}: logged by agent-1.g2")
-    assert lines[1].endswith(f"ReadTimeout (no version) {failed[1].request_id}")
+                        f"{failed[0].sent_id}: logged by agent-1.g2")
+    assert lines[1].endswith(f"ReadTimeout (no version) {failed[1].sent_id}")
 
 
 def test_the_local_backend_signals_the_process_its_command_started(tmp_path: Path) -> None:

@@ -53,9 +53,16 @@ class ProbeSample:
     replica: str | None
     #: upstreams nginx tried for this request (2 or more: it was retried on another replica)
     attempts: int = 1
-    #: the reply's request id (``stack.agent.contract.logs.request_id_header``), else the
-    #: one the probe sent (``probe-<tag>-<number>``: a request without a reply has one too)
+    #: the reply's request id (``stack.agent.contract.logs.request_id_header``), if any
     request_id: str | None = None
+    #: the id the probe sent in that header (``probe-<tag>-<number>``; agents keep a valid
+    #: incoming one): a request without a reply can be looked for in the agents' logs
+    sent_id: str | None = None
+
+    @property
+    def log_id(self) -> str | None:
+        """The id to look for in the agents' request logs: the reply's, else the sent one."""
+        return self.request_id or self.sent_id
 
     @property
     def ok(self) -> bool:
@@ -119,10 +126,10 @@ class ProbeReport:
         lines = []
         for s in [s for s in self.samples if not s.ok][:limit]:
             line = f"t={s.t:.2f}s {s.status} ({s.version or 'no version'})"
-            if s.request_id:
-                line += f" {s.request_id}"
-                if where and s.request_id in where:
-                    line += f": {where[s.request_id]}"
+            if s.log_id:
+                line += f" {s.log_id}"
+                if where and s.log_id in where:
+                    line += f": {where[s.log_id]}"
             lines.append(line)
         return lines
 
@@ -249,7 +256,7 @@ class Probe:
     def _send(self, t: float, number: int) -> None:
         req = self.request
         status: int | str
-        version = replica = request_id = None
+        version = replica = request_id = sent_id = None
         attempts = 0
         try:
             if self.unique:
@@ -261,14 +268,14 @@ class Probe:
             if self._request_id_header:
                 # an id of its own, which agents keep and log: a request that got no answer
                 # can still be looked for in the agents' request logs (see request_id)
-                request_id = headers[self._request_id_header] = f"probe-{self._tag}-{number}"
+                sent_id = headers[self._request_id_header] = f"probe-{self._tag}-{number}"
             resp = self._client.request(req.method, self.base_url + req.path, json=req.json,
                                         headers=headers)
             status = resp.status_code
             version, replica = self.contract.identity(resp.headers, resp.text)
             attempts = upstream_attempts(resp.headers.get(UPSTREAM_HEADER))
             if self._request_id_header:
-                request_id = resp.headers.get(self._request_id_header, request_id)
+                request_id = resp.headers.get(self._request_id_header)
             if status == 200 and self._problem is None:
                 try:
                     self.contract.parse(status, resp.headers, resp.text,
@@ -278,7 +285,7 @@ class Probe:
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         sample = ProbeSample(t - self._t0, time.monotonic() - t, status, version, replica,
-                             attempts, request_id)
+                             attempts, request_id, sent_id)
         with self._lock:
             self._samples.append(sample)
 

@@ -105,7 +105,7 @@ def _where_logged(ctx: ScenarioContext, report: ProbeReport) -> dict[str, str]:
     """Where each failed probe request (by the id it carried) is in the agents' request
     logs: an instance that logged it got it and finished it, too late or with an error;
     none did: it never reached an agent's handler, or the agent never finished it."""
-    ids = {s.request_id for s in report.samples if not s.ok and s.request_id}
+    ids = {s.log_id for s in report.samples if not s.ok and s.log_id}
     logs = ctx.contract.section.logs
     if not ids or not logs.request_id_header:
         return {}
