@@ -104,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "quiet_machine: runs while the other xdist worker runs nothing (a "
         "zero-failure gate a concurrent heavy test can starve on two cores)")
-    if not hasattr(config, "workerinput") and (config.getvalue("numprocesses") or 0):
+    if not hasattr(config, "workerinput") and (config.getoption("numprocesses", 0) or 0):
         # the controller, before it starts its workers (they inherit the environment)
         directory = tempfile.mkdtemp(prefix="agentverify-tests-lock-")
         config.stash[_LOCK_DIR] = directory

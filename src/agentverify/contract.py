@@ -259,8 +259,10 @@ class LogsSection(Section):
 
     ``format``: ``json`` (one object per line; ``request_id_field`` is the key of the
     request id, dots for nested keys) or ``text`` (the id appears in the line as a word).
-    ``request_id_header``: the reply header carrying the same id (null: a reply cannot be
-    tied to its line, and the rotation's counts are inconclusive). ``reopen_signal``:
+    ``request_id_header``: the header carrying the id: the probe sends one of its own on
+    every request, which the agent is expected to keep (a valid incoming one), log and
+    return (null: a reply cannot be tied to its line, the rotation's counts are
+    inconclusive, and failed probe requests are not looked for). ``reopen_signal``:
     what makes the agent reopen the file after it was moved (null: it cannot, and the
     file is rotated by copying and truncating it, as logrotate's ``copytruncate``)."""
 

@@ -348,3 +348,47 @@ def test_the_local_backend_signals_the_process_its_command_started(tmp_path: Pat
         backend.stop(handle, grace=1)
     with pytest.raises(StackError, match="svc is not running: cannot send it SIGHUP"):
         backend.signal(handle, signal.SIGHUP)
+
+
+def test_failed_probe_requests_are_found_in_the_logs_of_the_instances_that_got_them(
+        tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agentverify.contract import AgentContract
+    from agentverify.scenarios.probe import ProbeReport, ProbeSample
+    from agentverify.scenarios.rolling_update import _where_logged
+
+    old, new, broken = (tmp_path / n / "agent.log" for n in ("old", "new", "broken"))
+    for path in (old, new):
+        path.parent.mkdir()
+    _lines(old, "probe-t-1", "probe-t-2")            # answered, and the slow one
+    _lines(new, "probe-t-4")                         # a 500 of the new replica
+    broken.parent.mkdir()
+    broken.with_name("agent.log.1").mkdir()          # cannot be read: skipped, said
+    said: list[str] = []
+    logs = [("agent-0", old), ("agent-0.g2", new), ("agent-1", broken),
+            ("agent-2", tmp_path / "none" / "agent.log")]   # never written: not searched
+    ctx = SimpleNamespace(contract=AgentContract.default(), say=said.append,
+                          stack=SimpleNamespace(agent_logs=lambda: logs))
+
+    def sample(n: int, status: int | str, echoed: bool = True) -> ProbeSample:
+        sent = f"probe-t-{n}"
+        return ProbeSample(n * 0.1, 0.01, status, None, None, 1,
+                           sent if echoed and isinstance(status, int) else None, sent)
+
+    report = ProbeReport([sample(1, 200), sample(2, "ReadTimeout"), sample(3, "ReadTimeout"),
+                          sample(4, 500)], duration_s=1.0, rps_target=4)
+    assert _where_logged(ctx, report) == {"probe-t-2": "logged by agent-0",
+                                          "probe-t-3": "in no agent's log",
+                                          "probe-t-4": "logged by agent-0.g2"}
+    assert len(said) == 1 and said[0].startswith("  agent-1's request log was not searched: ")
+    # an agent that replaces the ids it is sent: its logs cannot tell, so nothing is claimed
+    said.clear()
+    replaced = ProbeReport([ProbeSample(0.1, 0.01, 200, None, None, 1, "own-id", "probe-t-1"),
+                            sample(2, "ReadTimeout")], duration_s=1.0, rps_target=2)
+    assert _where_logged(ctx, replaced) == {}
+    assert said == ["  the failed requests cannot be looked for in the agents' logs: the agent "
+                    "replaces the X-Request-Id it is sent"]
+    # no log anywhere: nothing to say either
+    ctx.stack = SimpleNamespace(agent_logs=lambda: [("agent-2", tmp_path / "none" / "agent.log")])
+    assert _where_logged(ctx, report) == {}

@@ -413,7 +413,7 @@ def steady_state(ctx: ScenarioContext, params: SteadyStateParams) -> dict[str, A
     probe = ctx.state.get(PROBE_KEY)
     own = None
     if probe is None:  # no probe_start: the hypothesis needs traffic to judge
-        own = probe = Probe(ctx.stack.lb_url, rps=10).start()
+        own = probe = Probe(ctx.stack.lb_url, rps=10, contract=ctx.contract).start()
         ctx.defer("stop the steady-state probe", own.stop)
     hypothesis = Hypothesis(
         error_ratio=params.error_ratio,

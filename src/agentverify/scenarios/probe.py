@@ -262,7 +262,7 @@ class Probe:
             if self.unique:
                 req = self.contract.request(f"{self.message} (probe {self._tag}-{number})",
                                             client_id=self.client_id, headers=self.headers)
-            headers = dict(req.headers)
+            headers = httpx.Headers(req.headers)  # any case: one header of each name
             if not self.keepalive:
                 headers["Connection"] = "close"
             if self._request_id_header:

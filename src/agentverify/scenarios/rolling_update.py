@@ -19,13 +19,14 @@ zero failed requests is achievable and is the default gate.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from agentverify.errors import AgentOpError, ContractError, ScenarioError
+from agentverify.errors import ContractError, ScenarioError
 from agentverify.logrotate import count_request_ids, log_files
 from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.probe import Probe, ProbeReport
@@ -104,26 +105,40 @@ def probe_stop(ctx: ScenarioContext, params: StepParams) -> dict[str, Any]:
 def _where_logged(ctx: ScenarioContext, report: ProbeReport) -> dict[str, str]:
     """Where each failed probe request (by the id it carried) is in the agents' request
     logs: an instance that logged it got it and finished it, too late or with an error;
-    none did: it never reached an agent's handler, or the agent never finished it."""
-    ids = {s.log_id for s in report.samples if not s.ok and s.log_id}
+    none did: it never reached an agent's handler, or the agent had not finished it when
+    the probe stopped. Empty when that cannot be told: no request logs, or an agent that
+    replaces the ids it is sent (the probe's replies show which). Diagnostics only: a log
+    that cannot be read is skipped, never an error of the step."""
+    failed = {s.log_id for s in report.samples if not s.ok and s.log_id}
     logs = ctx.contract.section.logs
-    if not ids or not logs.request_id_header:
+    if not failed or not logs.request_id_header:
+        return {}
+    replied = [s for s in report.samples if s.request_id and s.sent_id]
+    if replied and not any(s.request_id == s.sent_id for s in replied):
+        ctx.say("  the failed requests cannot be looked for in the agents' logs: the agent "
+                f"replaces the {logs.request_id_header} it is sent")
         return {}
     found: dict[str, list[str]] = {}
-    try:
-        for name, path in ctx.stack.agent_logs():
+    searched = 0
+    prefix = os.path.commonprefix(sorted(failed))
+    for name, path in ctx.stack.agent_logs():
+        try:
             files = log_files(path)
-            if files:
-                count = count_request_ids(files, fmt=logs.format, field=logs.request_id_field,
-                                          wanted=ids)
-                for request_id in ids:
-                    if count.ids[request_id]:
-                        found.setdefault(request_id, []).append(name)
-    except AgentOpError as exc:
-        ctx.say(f"  the failed requests were not looked for in the agents' logs: {exc}")
+            if not files:
+                continue
+            count = count_request_ids(files, fmt=logs.format, field=logs.request_id_field,
+                                      wanted=failed, containing=prefix)
+        except Exception as exc:  # noqa: BLE001 - one unreadable log must not hide the others
+            ctx.say(f"  {name}'s request log was not searched: {exc}")
+            continue
+        searched += 1
+        for request_id in failed:
+            if count.ids[request_id]:
+                found.setdefault(request_id, []).append(name)
+    if not searched:
         return {}
     return {i: f"logged by {', '.join(found[i])}" if i in found else "in no agent's log"
-            for i in ids}
+            for i in failed}
 
 
 def _probe(ctx: ScenarioContext) -> Probe | None:

@@ -170,7 +170,8 @@ class Stack:
         self.waits: dict[str, float] = {}
         #: every instance start: [instance, role, started unix, ready unix or None]
         self.start_log: list[list[Any]] = []
-        #: every agent instance started, serving or since retired (their request logs)
+        #: every agent instance started since the last up(), serving or since retired
+        #: (their request logs)
         self._agent_handles: list[Handle] = []
         #: ``(config, version) -> ServiceSpec``: how :meth:`reconfigure_agents` makes the
         #: agent from a changed config (set by :meth:`from_config`)
@@ -309,8 +310,8 @@ class Stack:
         return self.data_path(name) / AGENT_LOG_NAME
 
     def agent_logs(self) -> list[tuple[str, Path]]:
-        """``(instance name, request log path)`` of every agent instance this stack
-        started, serving or since replaced (``agent-0``, ``agent-0.g2`` ...), oldest first;
+        """``(instance name, request log path)`` of every agent instance this run of the
+        stack started, serving or since replaced (``agent-0``, ``agent-0.g2`` ...), oldest first;
         empty when the agent is given no request log (see :meth:`agent_log`)."""
         from agentverify.stack.spec import AGENT_LOG_NAME
 
@@ -360,6 +361,8 @@ class Stack:
             self.progress(ProgressEvent(item, "info", detail="reaped leftover of a killed run"))
         self.run = RunContext.create(self.backend.name, env_name=self.spec.env_name,
                                      state_dir=self.state_dir)
+        with self._lock:
+            self._agent_handles = []  # a new run: the last one's logs are not its
         self.backend.open(self.run)
         atexit.register(self.down)
         self._abort.clear()
