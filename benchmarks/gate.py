@@ -25,7 +25,7 @@ process, then reads the run's journal (``results.json``):
 The ratio wall / (waits + agent starts on the critical path) says how close the gate is
 to costing no more than its own waits. Targets on a 2-core machine: remainder <= 20 s,
 ratio <= 1.5. Exit code 0 when both are met, 1 when one is missed, 2 when the gate run
-produced no journal.
+produced no journal, brought up no stack or passed no scenario.
 """
 
 from __future__ import annotations
@@ -212,8 +212,13 @@ def main() -> int:
     print("largest remainders:")
     for name, seconds in list(f["remainder_by_scenario"].items())[:8]:
         print(f"  {seconds:7.1f} s  {name}")
-    met = f["remainder_s"] <= TARGET_REMAINDER_S and f["ratio"] <= TARGET_RATIO
     print(json.dumps(figures))
+    if not f["stack_ups"] or not f["passed"]:
+        # a gate that never got going measures nothing: its tiny figures are not a pass
+        print("gate: no stack came up or no scenario passed; the figures measure nothing "
+              "(see the run's output above the figures, or its journal)")
+        return 2
+    met = f["remainder_s"] <= TARGET_REMAINDER_S and f["ratio"] <= TARGET_RATIO
     return 0 if met else 1
 
 
