@@ -102,11 +102,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     av = session.config.stash.get(SESSION_KEY, None)
     if av is None:
         return
+    # the reports (the HTML page takes seconds to draw) are written while the stack goes
+    # down; close() runs them in any case, after a failed or interrupted capture too
+    reports = av.write_reports if av.journal.scenarios else None
     try:
-        av.close()
+        av.close(meanwhile=reports)
     finally:
-        if av.journal.scenarios:
-            av.write_reports()
+        if reports is not None:
             session.config.hook.pytest_agentverify_write_report(journal=av.journal,
                                                                 report_dir=av.report_dir)
 
