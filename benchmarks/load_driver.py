@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import httpx
 
 from agentverify.load.driver import LoadDriver
 from agentverify.load.plan import LoadPlan
+from agentverify.stack.host import free_port
 from agentverify.stack.runstate import terminate_group
 
 APP = textwrap.dedent("""\
@@ -60,17 +60,11 @@ LOCUSTFILE = textwrap.dedent("""\
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(workdir: Path) -> Iterator[str]:
     """A one-worker uvicorn FastAPI ``/health`` app on 127.0.0.1; stopped on exit."""
     (workdir / "bench_app.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     log = open(workdir / "uvicorn.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "bench_app:app", "--app-dir", str(workdir),

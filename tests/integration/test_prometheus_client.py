@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from agentverify.errors import StackError
 from agentverify.monitoring.dashboard import check_dashboard, load_dashboard
 from agentverify.monitoring.prometheus import AlertmanagerClient, PrometheusClient
+from agentverify.stack.host import free_port
 from agentverify.stack.runstate import terminate_group
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,6 @@ def _binary(name: str, package: str) -> str:
     if path is None:
         pytest.fail(f"{name} not found: install {package} (apt-get install {package})")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -136,7 +130,7 @@ def alertmanager(tmp_path_factory) -> Iterator[_Server]:
                   "group_interval": "5s", "repeat_interval": "1h"},
         "receivers": [{"name": "default"}],
     }))
-    port = _free_port()
+    port = free_port()
     server = _start([binary, f"--config.file={config}", f"--storage.path={root / 'data'}",
                      f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
                     f"http://127.0.0.1:{port}", "/-/ready", root / "alertmanager.log")
@@ -166,7 +160,7 @@ def prometheus(tmp_path_factory, agent_metrics, alertmanager) -> Iterator[_Serve
         "scrape_configs": [{"job_name": "ai-agent", "metrics_path": "/metrics",
                             "static_configs": [{"targets": [agent_metrics.address]}]}],
     }))
-    port = _free_port()
+    port = free_port()
     server = _start([binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
                      f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
                      # The first notification goes out before the Alertmanager is
@@ -278,7 +272,7 @@ def test_wait_for_targets_timeout_lists_targets(prom, agent_metrics):
 
 
 def test_unreachable_prometheus_is_a_stack_error():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with PrometheusClient(url, timeout=1.0) as client:
         assert not client.ready()
         with pytest.raises(StackError, match=rf"Prometheus at {url}: cannot connect") as info:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agentverify.stack.host import free_port
 from agentverify.stack.runstate import terminate_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,13 +44,6 @@ _AGENT_VARS = (
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env(**extra: str) -> dict[str, str]:
