@@ -378,7 +378,6 @@ def test_html_sections_drawn_by_worker_processes_make_the_same_page(
     data = _many_scenarios(6)
     monkeypatch.setattr(html_module, "_cpus", lambda: 2)  # two workers, on any machine
     serial = render_html(data, parallel_from=10**6)
-    html_module._Sections._cache.clear()
 
     real = html_module.draw_section
 
@@ -398,7 +397,6 @@ def test_html_sections_drawn_by_worker_processes_make_the_same_page(
         started.append(real_popen(*args, **kwargs))
         return started[-1]
 
-    html_module._Sections._cache.clear()
     monkeypatch.setattr(html_module.subprocess, "Popen", popen)
     monkeypatch.setattr(html_module, "_dashboard", lambda data: 1 / 0)
     with pytest.raises(ZeroDivisionError):

@@ -543,18 +543,16 @@ class _Sections:
     A worker is ``python -m agentverify.report.draw`` (section keys in on stdin, sections
     out on stdout): a process of its own, never a fork of one running threads, and never
     a re-run of the caller's ``__main__`` (as multiprocessing's spawn would do). Drawing
-    is deterministic, so the page is the same either way. A section already drawn (the
-    same key) comes from a small cache: a re-rendered report draws only what changed.
+    is deterministic, so the page is the same either way. A section is drawn once per
+    page (a key repeated is drawn once).
     """
-
-    _cache: dict[str, str] = {}
 
     def __init__(self, sections: list[tuple[str, bool]], *,
                  parallel_from: int | None = None) -> None:
         parallel_from = PARALLEL_SECTIONS if parallel_from is None else parallel_from
         self.keys = [key for key, _figures in sections]
-        drawn = [key for key, figures in dict(sections).items()
-                 if figures and key not in self._cache]
+        self._drawn: dict[str, str] = {}
+        drawn = [key for key, figures in dict(sections).items() if figures]
         workers = min(len(drawn) // 3, _cpus(), 4)
         self._workers: list[tuple[list[str], subprocess.Popen[bytes]]] = []
         if len(drawn) >= parallel_from and workers >= 2:
@@ -586,17 +584,13 @@ class _Sections:
                 except (subprocess.TimeoutExpired, ValueError):
                     pages = None
                 if isinstance(pages, list) and len(pages) == len(chunk):
-                    self._cache.update(zip(chunk, pages, strict=True))
+                    self._drawn.update(zip(chunk, pages, strict=True))
         finally:
             self.stop()
         for key in self.keys:
-            if key not in self._cache:
-                self._cache[key] = draw_section(key)
-        page = [self._cache[key] for key in self.keys]
-        if len(self._cache) > 256:  # keep the newest half
-            for key in list(self._cache)[:-128]:
-                del self._cache[key]
-        return page
+            if key not in self._drawn:
+                self._drawn[key] = draw_section(key)
+        return [self._drawn[key] for key in self.keys]
 
     def stop(self) -> None:
         """Stop the workers still running (idempotent; :meth:`result` calls it)."""
