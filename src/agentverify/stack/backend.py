@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentverify.errors import ConfigError, StackError
-from agentverify.stack.wait import ServiceStatus
 
 if TYPE_CHECKING:
     from agentverify.stack.runstate import InstanceDirs, RunContext
     from agentverify.stack.spec import ServiceSpec
+    from agentverify.stack.wait import ServiceStatus
 
 __all__ = ["Backend", "BACKENDS", "CommandResult", "Handle", "InstanceState", "Peer",
            "get_backend", "backend_names", "peer_lookup", "register_backend",
