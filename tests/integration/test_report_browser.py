@@ -153,7 +153,7 @@ def test_the_report_of_the_real_run_in_chromium(real_run: dict[str, Any], tmp_pa
             assert problems == []
             assert requests == [url]
 
-            # the points of each panel's longest drawn line (matplotlib's <g id="...-series-N">)
+            # the points of each panel's longest drawn line (<g id="panelN-series-M"><path d=...>)
             points = page.evaluate("""() => Object.fromEntries(
                 Array.from(document.querySelectorAll('figure.panel')).map(f => [
                     f.dataset.panel,

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -87,14 +86,6 @@ def make_journal(*, red: bool = True, p95: float = 40.0, cost: float = 0.0004) -
 
 
 # ------------------------------------------------------------------------------ journal
-
-
-def test_matplotlib_is_loaded_only_to_draw_a_report() -> None:
-    code = ("import sys, agentverify.plugin, agentverify.session, agentverify.report.journal, "
-            "agentverify.report.panels, agentverify.report.junit, agentverify.report.summary; "
-            "print('matplotlib' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == "False"
 
 
 def test_journal_json_keeps_the_old_keys_and_adds_the_new_ones() -> None:
@@ -343,7 +334,9 @@ def test_html_draws_every_panel_and_the_scenario_series_with_axes() -> None:
         start = page.index(f'data-panel="{title}"')
         figure = page[start:page.index("</figure>", start)]
         assert "<svg" in figure and "elapsed since run start" in figure and "UTC" in figure
-        assert figure.count("<path") > 10
+        # the panel's one series is one line through its 50 points, drawn from the journal
+        line = re.search(r'<g id="panel\d-series-0"><path d="([^"]+)"', figure)
+        assert line is not None and len(re.findall(r"[ML]", line.group(1))) == 50
         assert "rollout: rolling_update v2" in figure and "alert: AgentHighErrorRate" in figure
     start = page.index('data-series="probe latency ms"')
     figure = page[start:page.index("</figure>", start)]
@@ -358,50 +351,6 @@ def test_html_ids_are_unique_and_rendering_is_exact(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids))
     path = write_html(make_journal(), tmp_path / "results.html")
     assert path.read_text(encoding="utf-8") == page == render_html(json.loads(json.dumps(data)))
-
-
-def _many_scenarios(n: int) -> dict[str, Any]:
-    j = make_journal()
-    for k in range(n):
-        s = ScenarioResult(name=f"s{k}", file="scenarios/x.yaml", started=T0 + 60 + k,
-                           ended=T0 + 61 + k, seconds=1.0)
-        s.series = {"probe latency ms": TimeSeries([[i / 10, 10.0 + (i * k) % 7]
-                                                     for i in range(50)], unit="ms")}
-        j.add(s)
-    return j.to_json()
-
-
-def test_html_sections_drawn_by_worker_processes_make_the_same_page(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import agentverify.report.html as html_module
-
-    data = _many_scenarios(6)
-    monkeypatch.setattr(html_module, "_cpus", lambda: 2)  # two workers, on any machine
-    serial = render_html(data, parallel_from=10**6)
-
-    real = html_module.draw_section
-
-    def here(key: str) -> str:
-        assert '"points"' not in key, "a section with figures was drawn in the caller"
-        return real(key)
-
-    # only the section without figures (smoke) is drawn here: the 7 others by 2 workers
-    monkeypatch.setattr(html_module, "draw_section", here)
-    assert render_html(data, parallel_from=2) == serial
-
-    # the rest of the page failing to draw leaves no worker behind
-    started: list[Any] = []
-    real_popen = html_module.subprocess.Popen
-
-    def popen(*args: Any, **kwargs: Any) -> Any:
-        started.append(real_popen(*args, **kwargs))
-        return started[-1]
-
-    monkeypatch.setattr(html_module.subprocess, "Popen", popen)
-    monkeypatch.setattr(html_module, "_dashboard", lambda data: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        render_html(data, parallel_from=2)
-    assert len(started) == 2 and all(p.poll() is not None for p in started)
 
 
 def test_html_compare_section() -> None:

@@ -15,12 +15,11 @@ What an SRE reading a red CI run needs, in the order they need it:
    with their timings, its error and the failing service's last log lines;
 4. with ``compare``, every gate beside another run's figure and the change.
 
-Plots are matplotlib figures rendered as inline SVG by its Agg-free SVG backend (no
-pyplot, no display, no JavaScript): real axes with units, bands and annotations, a few
-kB each, and the page needs nothing from the network. The figures' element ids are
-prefixed per figure, so several SVGs live in one document. matplotlib is imported only
-when a report is drawn. Rendering reads only the journal's JSON, so a saved
-``results.json`` renders exactly as the live run did (``agentverify report``).
+Plots are SVG written by :mod:`agentverify.report.svg` (no JavaScript, no fonts, nothing
+from the network): real axes with units, elapsed time below and UTC above, bands and
+annotations, a few kB each. Every id in a figure carries the figure's prefix, so several
+SVGs live in one document. Rendering reads only the journal's JSON and is exact, so a
+saved ``results.json`` renders byte for byte as the live run did (``agentverify report``).
 
 Example:
     >>> write_html(journal, Path("reports/results.html"))                 # doctest: +SKIP
@@ -30,13 +29,9 @@ Example:
 from __future__ import annotations
 
 import html
-import io
-import json
 import math
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -46,6 +41,7 @@ from agentverify.errors import ScenarioSchemaError
 from agentverify.gates import Gate, format_value
 from agentverify.report.journal import RunJournal
 from agentverify.report.summary import first_failure, run_overview
+from agentverify.report.svg import Chart, clock, points_of
 
 __all__ = ["write_html", "render_html"]
 
@@ -107,105 +103,15 @@ _KIND_COLOURS = {"rollout": "#e8710a", "fault": "#c5221f", "alert": "#d93025",
                  "kill": "#202124"}
 _SERIES_COLOURS = ["#1a73e8", "#e8710a", "#188038", "#9334e6", "#c5221f", "#12b5cb", "#f9ab00",
                    "#5f6368"]
-# Grafana-style nice steps for a time axis, in seconds
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes in service logs
-_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
-#: scenarios with figures from which a page draws them in worker processes: a page of the
-#: bundled gate (22 scenarios, 35 figures) took 12 s in one process on 2 cores
-PARALLEL_SECTIONS = 8
-#: seconds the drawing workers may take, together, before the caller draws what they did not
-WORKER_TIMEOUT_S = 300.0
 
 
 # ------------------------------------------------------------------------------ figures
 
 
-def _mpl() -> Any:
-    """matplotlib, imported on first use (a run that writes no HTML never loads it)."""
-    import matplotlib
-
-    return matplotlib
-
-
-def _figure(width: float, height: float) -> Any:
-    _mpl()
-    from matplotlib.figure import Figure
-
-    # no pyplot: a Figure of its own renders through the SVG backend, no GUI, no state
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-_SVG_HEAD = re.compile(r"^.*?(?=<svg\b)", re.S)
-_SVG_META = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
-_SVG_SIZE = re.compile(r'(<svg\b[^>]*?)\s(?:width|height)="[^"]*"\s(?:width|height)="[^"]*"')
-
-
-def _svg(fig: Any, prefix: str, label: str) -> str:
-    """The figure as inline SVG: no XML prologue or metadata, ids unique to ``prefix``,
-    scaled by CSS (width/height dropped, viewBox kept)."""
-    matplotlib = _mpl()
-    buf = io.StringIO()
-    # text stays text (searchable, small); a fixed salt makes re-rendering byte-exact
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": prefix}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = _SVG_META.sub("", _SVG_HEAD.sub("", buf.getvalue(), count=1))
-    svg = _SVG_SIZE.sub(r"\1", svg, count=1)
-    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
-    svg = re.sub(r'url\(#([^)]+)\)', rf'url(#{prefix}-\1)', svg)
-    svg = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', svg)
-    return svg.replace("<svg ", f'<svg role="img" aria-label="{e(label)}" ', 1).strip()
-
-
-def _time_step(span: float) -> float:
-    for step in _TIME_STEPS:
-        if span / step <= 8:
-            return float(step)
-    return float(_TIME_STEPS[-1])
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-
-
-def _value_axis(ax: Any, unit: str) -> None:
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=3))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_value(float(v))))
-    ax.set_ylabel(unit or "value", fontsize=8)
-    ax.tick_params(labelsize=7.5)
-    ax.grid(True, axis="y", color="#e8eaed", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-
-
-def _time_axis(ax: Any, span: float, origin: float | None, what: str) -> None:
-    """Elapsed time (m:ss) below; wall-clock UTC above when the origin is known."""
-    from matplotlib.ticker import FuncFormatter, MultipleLocator
-
-    step = _time_step(span)
-    ax.set_xlim(0, max(span, 1.0))
-    ax.xaxis.set_major_locator(MultipleLocator(step))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _clock(x)))
-    ax.set_xlabel(f"elapsed since {what} (m:ss)", fontsize=8)
-    if origin is not None:
-        top = ax.secondary_xaxis("top")
-        top.xaxis.set_major_locator(MultipleLocator(step))
-        top.xaxis.set_major_formatter(FuncFormatter(
-            lambda x, _pos: time.strftime("%H:%M:%S", time.gmtime(origin + x))))
-        top.tick_params(labelsize=6.5, colors="#5f6368")
-        top.set_xlabel("UTC", fontsize=7, color="#5f6368", loc="right", labelpad=1)
-
-
-def _bands(ax: Any, events: Iterable[dict[str, Any]], origin: float, span: float) -> None:
+def _bands(chart: Chart, events: Iterable[dict[str, Any]], origin: float) -> None:
     """Scenario bands (green passed, red failed) and labelled timeline events."""
-    from matplotlib.transforms import blended_transform_factory
-
-    on_top = blended_transform_factory(ax.transData, ax.transAxes)
+    span = chart.span
     narrow = span * 0.12
     for ev in events:
         x0 = ev["t"] - origin
@@ -214,58 +120,44 @@ def _bands(ax: Any, events: Iterable[dict[str, Any]], origin: float, span: float
             continue
         if ev["kind"] == "scenario":
             failed = ev.get("detail", {}).get("passed") is False
-            ax.axvspan(x0, x1 or x0, color="#fce8e6" if failed else "#e6f4ea", alpha=0.9,
-                       zorder=0, linewidth=0)
-            ax.axvline(x0, color="#bdc1c6", linewidth=0.6, zorder=0.5)
-            wide = (x1 or x0) - x0 >= narrow
-            ax.text(x0 + span * 0.004, 0.985, ev["label"], transform=on_top, fontsize=6.5,
-                    va="top", ha="left", rotation=0 if wide else 90, clip_on=True,
-                    color="#c5221f" if failed else "#137333", zorder=3,
-                    in_layout=False)  # clipped to the axes: no margin to make for it
+            chart.band(x0, x1 or x0, fill="#fce8e6" if failed else "#e6f4ea")
+            chart.vline(x0, colour="#bdc1c6", width=0.6, behind=True)
+            chart.label(x0, ev["label"], colour="#c5221f" if failed else "#137333",
+                        vertical=(x1 or x0) - x0 < narrow, size=8.5)
             continue
         colour = _KIND_COLOURS.get(ev["kind"], "#5f6368")
         if x1 is not None and x1 - x0 > span * 0.004:
-            ax.axvspan(x0, x1, color=colour, alpha=0.16, zorder=0.6, linewidth=0)
-        ax.axvline(x0, color=colour, linewidth=1.0, linestyle="--", zorder=2)
-        ax.text(x0 + span * 0.003, 0.80, f"{ev['kind']}: {ev['label']}", transform=on_top,
-                fontsize=6.2, rotation=90, va="top", ha="left", color=colour, clip_on=True,
-                zorder=3, in_layout=False)
+            chart.band(x0, x1, fill=colour, opacity=0.16)
+        chart.vline(x0, colour=colour, dashed=True)
+        chart.label(x0, f"{ev['kind']}: {ev['label']}", colour=colour, vertical=True,
+                    down_from=0.2, size=8)
 
 
-def _nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
+def _y_top(values: Iterable[float | None], floor: float = 0.0, headroom: float = 1.18) -> float:
+    """The top of a value axis: the largest value (or ``floor``) and some room above."""
+    top = max([v for v in values if v is not None and math.isfinite(v)] + [floor, 0.0])
+    return top * headroom if top > 0 else 1.0
 
 
 def _panel_svg(index: int, title: str, panel: dict[str, Any], timeline: list[dict[str, Any]],
                origin: float, span: float) -> str:
-    fig = _figure(6.4, 3.1)
-    ax = fig.add_subplot()
     unit = panel.get("unit", "")
+    values = [v for s in panel.get("series", []) for _t, v in s.get("points", [])]
+    chart = Chart(f"panel{index}", title=f"{title} ({unit})" if unit else title,
+                  y_label=unit or "value", span=span, y_max=_y_top(values),
+                  x_label="elapsed since run start (m:ss)", origin=origin,
+                  y_format=lambda v: format_value(float(v)))
+    _bands(chart, [ev for ev in timeline if ev["kind"] != "step"], origin)
     drawn = 0
     for i, s in enumerate(panel.get("series", [])):
-        pts = s.get("points", [])
-        if not pts:
-            continue
-        xs = [p[0] - origin for p in pts]
-        ys = [_nan(p[1]) for p in pts]
-        (line,) = ax.plot(xs, ys, color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], linewidth=1.3,
-                          label=s.get("legend") or "series", zorder=4)
-        line.set_gid(f"series-{i}")  # the page's data lines, findable apart from bands and axes
-        drawn += 1
-    values = [v for s in panel.get("series", []) for _t, v in s.get("points", []) if v is not None]
-    ax.set_ylim(0, max(values) * 1.18 if values and max(values) > 0 else 1.0)
-    _bands(ax, [ev for ev in timeline if ev["kind"] != "step"], origin, span)
-    _value_axis(ax, unit)
-    _time_axis(ax, span, origin, "run start")
-    ax.set_title(f"{title} ({unit})" if unit else title, fontsize=10, loc="left",
-                 fontweight="bold")
-    if drawn:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=min(drawn, 4),
-                  fontsize=7, frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no data in this run", transform=ax.transAxes, ha="center",
-                color="#5f6368")
-    return _svg(fig, f"panel{index}", f"{title} over the run")
+        if s.get("points"):
+            chart.line(points_of(s["points"], -origin),
+                       colour=_SERIES_COLOURS[i % len(_SERIES_COLOURS)],
+                       label=s.get("legend") or "series")
+            drawn += 1
+    if not drawn:
+        chart.note("no data in this run")
+    return chart.render(label=f"{title} over the run")
 
 
 def _gate_threshold(gates: list[dict[str, Any]], name: str | None) -> tuple[float | None, str]:
@@ -283,42 +175,32 @@ def _gate_threshold(gates: list[dict[str, Any]], name: str | None) -> tuple[floa
 
 def _series_svg(prefix: str, name: str, series: dict[str, Any], scenario: dict[str, Any],
                 events: list[dict[str, Any]]) -> str:
-    fig = _figure(4.6, 2.4)
-    ax = fig.add_subplot()
     unit = series.get("unit", "")
     start = scenario.get("started")
     t0 = series.get("t0")
     shift = (t0 - start) if (t0 is not None and start is not None) else 0.0
-    pts = series.get("points", [])
-    xs = [p[0] + shift for p in pts]
-    ys = [_nan(p[1]) for p in pts]
-    if unit.startswith("failed"):
-        ax.bar(xs, ys, width=0.9, align="edge", color="#c5221f", zorder=4, label=name,
-               gid="series-0")
-    elif len(pts) > 200:  # one point per request: dots show spread and outliers
-        ax.plot(xs, ys, ".", markersize=2.2, color="#1a73e8", zorder=4, label=name,
-                gid="series-0")
-    else:
-        ax.plot(xs, ys, color="#1a73e8", linewidth=1.4, marker="o", markersize=2.5, zorder=4,
-                label=name, gid="series-0")
+    pts = points_of(series.get("points", []), shift)
     threshold = series.get("threshold")
     label = f"{series.get('threshold_label') or 'threshold'} {format_value(threshold)}"
     if threshold is None:
         threshold, label = _gate_threshold(scenario.get("gates", []), series.get("gate"))
-    if threshold is not None:
-        ax.axhline(threshold, color="#c5221f", linestyle="--", linewidth=1.2, zorder=5)
-        ax.text(1.0, threshold, label,
-                transform=ax.get_yaxis_transform(), fontsize=7, color="#c5221f", va="bottom",
-                ha="right")
-    top = max([y for y in ys if not math.isnan(y)] + [threshold or 0.0, 0.0])
-    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
-    span = max(scenario.get("seconds") or 0.0, max(xs, default=0.0), 1.0)
+    span = max(scenario.get("seconds") or 0.0, max((t for t, _v in pts), default=0.0), 1.0)
+    chart = Chart(prefix, title=f"{name} ({unit})" if unit and unit != name else name,
+                  y_label=unit or "value", span=span,
+                  y_max=_y_top((v for _t, v in pts), threshold or 0.0, 1.15),
+                  x_label="elapsed since scenario start (m:ss)", origin=start, width=460,
+                  height=250, y_format=lambda v: format_value(float(v)), title_size=12)
     if start is not None:
-        _bands(ax, events, start, span)
-    _value_axis(ax, unit)
-    _time_axis(ax, span, start, "scenario start")
-    ax.set_title(f"{name} ({unit})" if unit and unit != name else name, fontsize=9.5, loc="left")
-    return _svg(fig, prefix, f"{name} over the scenario")
+        _bands(chart, events, start)
+    if unit.startswith("failed"):
+        chart.bars(pts, colour="#c5221f", label=name)
+    elif len(pts) > 200:  # one point per request: dots show spread and outliers
+        chart.dots(pts, colour="#1a73e8", label=name)
+    else:
+        chart.line(pts, colour="#1a73e8", label=name, markers=True)
+    if threshold is not None:
+        chart.hline(threshold, colour="#c5221f", label=label)
+    return chart.render(label=f"{name} over the scenario", legend=False)
 
 
 # ------------------------------------------------------------------------------ sections
@@ -349,7 +231,7 @@ def _header(data: dict[str, Any]) -> str:
                f'{ov["passed"]} of {ov["total"]} scenarios passed</h1>')
     facts = [("environment", ov["env"]), ("backend", ov["backend"]),
              ("agent versions", ov["versions"]), ("started", ov["started"]),
-             ("run duration", f"{ov['duration_s']:.1f} s ({_clock(ov['duration_s'])})"),
+             ("run duration", f"{ov['duration_s']:.1f} s ({clock(ov['duration_s'])})"),
              ("scenarios passed", f"{ov['passed']} of {ov['total']}")]
     run_id = (data.get("stack") or {}).get("run_id")
     if run_id:
@@ -412,7 +294,7 @@ def _timeline_table(data: dict[str, Any]) -> str:
         dur = f"{ev['end'] - ev['t']:.1f} s" if ev.get("end") is not None else ""
         detail = ", ".join(f"{k}={format_value(v)}" for k, v in (ev.get("detail") or {}).items()
                            if v is not None)
-        rows.append(f"<tr><td class=num>{_clock(ev['t'] - origin)}</td>"
+        rows.append(f"<tr><td class=num>{clock(ev['t'] - origin)}</td>"
                     f"<td>{time.strftime('%H:%M:%S', time.gmtime(ev['t']))}</td>"
                     f"<td>{e(ev['kind'])}</td><td>{e(ev['label'])}</td>"
                     f"<td>{e(ev.get('scenario') or '')}</td><td class=num>{dur}</td>"
@@ -514,96 +396,6 @@ def _steps(s: dict[str, Any]) -> str:
             "<th>timing</th><th>error</th></tr>" + "".join(rows) + "</table>")
 
 
-def _scenario_key(index: int, s: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
-    """What a scenario's section is drawn from, as one string (picklable, hashable)."""
-    events = [ev for ev in timeline if ev.get("scenario") == s["name"]
-              and ev["kind"] not in ("step", "scenario")]
-    return json.dumps([index, s, events], default=str)
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-def draw_section(key: str) -> str:
-    """A scenario's section from its :func:`_scenario_key` (what a worker draws)."""
-    index, s, events = json.loads(key)
-    return _scenario_section(index, s, events)
-
-
-class _Sections:
-    """The scenario sections of a page, drawn by worker processes while the caller draws
-    the rest, when there are enough figures to pay for the workers' start (about a second
-    of imports each); else, or when a worker fails, here and now.
-
-    A worker is ``python -m agentverify.report.draw`` (section keys in on stdin, sections
-    out on stdout): a process of its own, never a fork of one running threads, and never
-    a re-run of the caller's ``__main__`` (as multiprocessing's spawn would do). Drawing
-    is deterministic, so the page is the same either way. A section is drawn once per
-    page (a key repeated is drawn once).
-    """
-
-    def __init__(self, sections: list[tuple[str, bool]], *,
-                 parallel_from: int | None = None) -> None:
-        parallel_from = PARALLEL_SECTIONS if parallel_from is None else parallel_from
-        self.keys = [key for key, _figures in sections]
-        self._drawn: dict[str, str] = {}
-        drawn = [key for key, figures in dict(sections).items() if figures]
-        workers = min(len(drawn) // 3, _cpus(), 4)
-        self._workers: list[tuple[list[str], subprocess.Popen[bytes]]] = []
-        if len(drawn) >= parallel_from and workers >= 2:
-            chunks = [drawn[i::workers] for i in range(workers)]
-            try:
-                for chunk in chunks:  # every worker imports while the next one starts
-                    self._workers.append((chunk, subprocess.Popen(
-                        [sys.executable, "-m", "agentverify.report.draw"],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL)))
-                for chunk, proc in self._workers:
-                    assert proc.stdin is not None
-                    # one line (JSON has no raw newline); stdin stays open for communicate()
-                    proc.stdin.write(json.dumps(chunk).encode() + b"\n")
-                    proc.stdin.flush()
-            except OSError:  # e.g. no process can be started: drawn here instead
-                self.stop()
-            except BaseException:  # e.g. Ctrl-C while a worker is handed its sections
-                self.stop()
-                raise
-
-    def result(self) -> list[str]:
-        deadline = time.monotonic() + WORKER_TIMEOUT_S  # for all of them together
-        try:
-            for chunk, proc in self._workers:
-                try:
-                    out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-                    pages = json.loads(out) if proc.returncode == 0 else None
-                except (subprocess.TimeoutExpired, ValueError):
-                    pages = None
-                if isinstance(pages, list) and len(pages) == len(chunk):
-                    self._drawn.update(zip(chunk, pages, strict=True))
-        finally:
-            self.stop()
-        for key in self.keys:
-            if key not in self._drawn:
-                self._drawn[key] = draw_section(key)
-        return [self._drawn[key] for key in self.keys]
-
-    def stop(self) -> None:
-        """Stop the workers still running (idempotent; :meth:`result` calls it)."""
-        for _chunk, proc in self._workers:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None and not pipe.closed:
-                    pipe.close()
-        self._workers = []
-
-
 def _scenario_section(index: int, s: dict[str, Any], events: list[dict[str, Any]]) -> str:
     ok = bool(s.get("passed"))
     failed_gates = [g for g in s.get("gates", []) if not g["passed"]]
@@ -646,12 +438,9 @@ def _scenario_section(index: int, s: dict[str, Any], events: list[dict[str, Any]
 
 
 def render_html(data: dict[str, Any], *, compare: dict[str, Any] | None = None,
-                compare_label: str = "the other run",
-                parallel_from: int | None = None) -> str:
+                compare_label: str = "the other run") -> str:
     """The report page of a journal's JSON (:meth:`RunJournal.to_json`, or a saved
     ``results.json``); with ``compare``, a section beside that other run's journal.
-    The scenarios' figures are drawn in worker processes from ``parallel_from`` scenarios
-    with figures on (default :data:`PARALLEL_SECTIONS`; the page is the same).
 
     Example:
         >>> page = render_html(json.loads(Path("reports/results.json").read_text()))
@@ -661,25 +450,21 @@ def render_html(data: dict[str, Any], *, compare: dict[str, Any] | None = None,
     ordered = [x for x in scenarios if not x[1].get("passed")] + \
         [x for x in scenarios if x[1].get("passed")]
     timeline = data.get("timeline", [])
-    # the scenarios' figures are most of the work: started first, drawn beside the rest
-    sections = _Sections([(_scenario_key(i, s, timeline),
-                           any(ser.get("points") for ser in (s.get("series") or {}).values()))
-                          for i, s in ordered], parallel_from=parallel_from)
-    try:
-        title = (f"agentverify {data.get('env', '?')}: "
-                 f"{'PASSED' if run_overview(data)['verdict'] else 'FAILED'}")
-        out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-               '<meta name="viewport" content="width=device-width, initial-scale=1">',
-               f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
-               _header(data)]
-        if compare is not None:
-            out.append(_compare(data, compare, compare_label))
-        out.append(_dashboard(data))
-        out.append(_timeline_table(data))
-        out.append("<h2>Scenarios <span class=\"meta\">(failed first)</span></h2>")
-        out.extend(sections.result())
-    finally:  # an error drawing the rest must not leave a worker behind
-        sections.stop()
+    title = (f"agentverify {data.get('env', '?')}: "
+             f"{'PASSED' if run_overview(data)['verdict'] else 'FAILED'}")
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
+           _header(data)]
+    if compare is not None:
+        out.append(_compare(data, compare, compare_label))
+    out.append(_dashboard(data))
+    out.append(_timeline_table(data))
+    out.append("<h2>Scenarios <span class=\"meta\">(failed first)</span></h2>")
+    for i, s in ordered:
+        events = [ev for ev in timeline if ev.get("scenario") == s["name"]
+                  and ev["kind"] not in ("step", "scenario")]
+        out.append(_scenario_section(i, s, events))
     out.append(f"<footer>agentverify report · journal started {e(str(data.get('started', '')))}"
                " · every figure on this page comes from the run's journal (results.json)"
                "</footer></main></body></html>")
