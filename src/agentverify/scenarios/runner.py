@@ -196,9 +196,10 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     """Bring a shared stack back to the configured version, agent configuration and
     replica count.
 
-    No traffic is measured between scenarios, so every replica is replaced at once
+    No traffic is sent between scenarios, so every replica is replaced at once
     (blue/green: new instances started side by side, then one switch) rather than one at
-    a time: one agent start on the clock instead of one per replica.
+    a time: one agent start on the clock instead of one per replica; and the replaced
+    ones stop without the deregistration delay (no request can be in flight).
     """
     if not stack.is_up:
         return
@@ -210,10 +211,10 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
         stack.reconfigure_agents(config, version=want_version, at_once=True)
     if any(v != want_version for v in stack.versions):
         say(f"restoring baseline: every replica back to {want_version} at once")
-        stack.promote(stack.start_standby(want_version))
+        stack.promote(stack.start_standby(want_version), drain=False)
     if len(stack.replicas) != config.stack.replicas:
         say(f"restoring baseline: scaling back to {config.stack.replicas} replicas")
-        stack.scale(config.stack.replicas, version=want_version)
+        stack.scale(config.stack.replicas, version=want_version, drain=False)
 
 
 def run_scenario(spec: ScenarioSpec, ctx: ScenarioContext) -> ScenarioResult:

@@ -776,8 +776,11 @@ class Stack:
         """Stop a replica that is not serving (e.g. a standby that failed its checks)."""
         self._retire(replica.handle, grace=1.0)
 
-    def promote(self, standby: list[Replica]) -> float:
-        """Switch traffic to ``standby`` replicas and stop the ones they replace."""
+    def promote(self, standby: list[Replica], *, drain: bool = True) -> float:
+        """Switch traffic to ``standby`` replicas and stop the ones they replace.
+
+        ``drain``: wait the deregistration delay before the stops; False only where no
+        request can be in flight (no traffic is sent between scenarios)."""
         t0 = time.monotonic()
         with self._lock:
             old = self._state.replicas
@@ -785,10 +788,15 @@ class Stack:
         self._sync_routing()
         self._sync_targets()
         switched = time.monotonic() - t0
-        self._drain()
-        with cf.ThreadPoolExecutor(max_workers=max(1, len(old))) as pool:
-            list(pool.map(lambda r: self._retire(r.handle), old))
+        if drain:
+            self._drain()
+        self._retire_all(old)
         return switched
+
+    def _retire_all(self, replicas: list[Replica]) -> None:
+        """Stop ``replicas`` side by side (each stop mostly waits for a graceful exit)."""
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
+            list(pool.map(lambda r: self._retire(r.handle), replicas))
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
                        after_each: Callable[[Replica], str | None] | None = None,
@@ -887,7 +895,8 @@ class Stack:
         if at_once:
             rollout = Rollout(version=version, from_version=self.current_version)
             t0 = time.monotonic()
-            self.promote(self.start_standby(version, health_timeout=health_timeout))
+            self.promote(self.start_standby(version, health_timeout=health_timeout),
+                         drain=False)
             rollout.seconds = time.monotonic() - t0
             return rollout
         return self.rolling_update(version, force=True, health_timeout=health_timeout)
@@ -909,8 +918,9 @@ class Stack:
             raise RollbackError(f"rollback to {version} failed: {rollout.failure}")
         return rollout
 
-    def scale(self, replicas: int, *, version: str | None = None) -> float:
-        """Scale the agent to ``replicas`` instances; returns seconds taken."""
+    def scale(self, replicas: int, *, version: str | None = None, drain: bool = True) -> float:
+        """Scale the agent to ``replicas`` instances; returns seconds taken. ``drain``
+        (scaling in): see :meth:`promote`."""
         if replicas < 1:
             raise StackError("cannot scale the agent below 1 replica")
         t0 = time.monotonic()
@@ -929,10 +939,11 @@ class Stack:
                 self._state.replicas = keep
             self._sync_routing()
             self._sync_targets()
-            self._drain()
-            for r in drop:
-                self._retire(r.handle)
-                if self._routes is not None:
+            if drain:
+                self._drain()
+            self._retire_all(drop)
+            if self._routes is not None:
+                for r in drop:
                     self._routes.forget_slot(r.instance)
         return time.monotonic() - t0
 
@@ -954,8 +965,7 @@ class Stack:
         self._sync_routing()
         self._sync_targets()
         self._drain()
-        with cf.ThreadPoolExecutor(max_workers=max(1, len(stopped))) as pool:
-            list(pool.map(lambda r: self._retire(r.handle), stopped))
+        self._retire_all(stopped)
         return stopped
 
     def kill(self, name: str) -> Handle:
