@@ -221,7 +221,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # gate is not bent by the host project's own test settings (addopts, warning filters)
     # the same options, passed on as given: the child resolves them (and `auto`) itself
     values = cli_values(args, os.environ)
+    # plugins a gate has no use for stay out: Locust's gevent-patches the host; anyio's
+    # imports its event-loop backends (0.5 s of every run); unraisableexception runs a
+    # collection of the whole heap, five times, on the way out
     argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider", "-p", "no:locust",
+            "-p", "no:anyio", "-p", "no:unraisableexception",
             "-o", "addopts=", "-o", "filterwarnings=default", "-rfE",
             f"--agentverify-env={session.env}",
             *as_pytest_args(values, ("config", "backend", "set", "load_workers")),
