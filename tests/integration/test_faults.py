@@ -64,6 +64,10 @@ def test_every_shipped_fault_rehearsal_passes_and_leaves_no_fault(av_session: An
     assert all(e.end is not None and e.end >= e.t for e in faults)
     facts = {r.name: r.facts for r in results}
     assert facts["replica-killed"]["alert_state"] in ("pending", "firing")
+    # the time the alert step waited for Prometheus is journaled as a wait on the alert path
+    killed = next(r for r in results if r.name == "replica-killed")
+    step = next(st for st in killed.steps if st.type == "alert")
+    assert 0 < step.waits["alert"] <= step.seconds
     assert facts["redis-down"]["dependency_health_s_down"] <= 5
 
 

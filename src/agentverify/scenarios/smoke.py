@@ -227,13 +227,15 @@ def alert(ctx: ScenarioContext, params: AlertParams) -> dict[str, Any]:
     t0 = time.monotonic()
     deadline = t0 + params.timeout_s
     state = "none"
-    while True:
-        found = [a.state for a in ctx.prometheus.alerts() if a.name == params.name]
-        # firing outranks pending: report the furthest state seen
-        state = "firing" if "firing" in found else found[0] if found else "none"
-        if state in params.states or time.monotonic() >= deadline:
-            break
-        time.sleep(0.25)
+    # the alert path's own delays (rate window, for, scrape and evaluation), as in a drill
+    with ctx.waiting("alert"):
+        while True:
+            found = [a.state for a in ctx.prometheus.alerts() if a.name == params.name]
+            # firing outranks pending: report the furthest state seen
+            state = "firing" if "firing" in found else found[0] if found else "none"
+            if state in params.states or time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
     seconds = time.monotonic() - t0
     if state in params.states:
         ctx.event("alert", f"{params.name} {state}", source="prometheus")
