@@ -34,8 +34,17 @@ def containers_of_run(run_id: str) -> list[str]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()[:200]
+    except OSError:
+        return "(gone)"
+
+
 def leftovers(run_id: str, run_dir: str | Path) -> list[str]:
-    return [f"pid {p}" for p in processes_of_run(run_id, run_dir)] + \
+    """What of the run is still there: a process with its command line, a container."""
+    return [f"pid {p} ({_command(p)})" for p in processes_of_run(run_id, run_dir)] + \
         [f"docker {c}" for c in containers_of_run(run_id)]
 
 
