@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["Chart", "nice_ticks", "clock", "time_step"]
+__all__ = ["Chart", "clock", "nice_ticks", "points_of", "time_step"]
 
 e = html.escape
 
