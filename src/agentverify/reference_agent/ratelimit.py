@@ -95,7 +95,7 @@ class RateDecision:
 
 
 def rate_limit_setting(
-    redis: Any, default: RateLimitSection, ttl: float = 1.0
+    redis: Any, default: RateLimitSection, ttl: float = 0.25
 ) -> SharedSetting[RateLimitSection]:
     """The fleet-wide rate-limit settings, stored as JSON under :data:`SETTINGS_KEY`."""
     return SharedSetting(

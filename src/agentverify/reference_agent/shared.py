@@ -1,4 +1,4 @@
-"""Settings every replica follows, kept in Redis and cached in-process for <= 1 s.
+"""Settings every replica follows, kept in Redis and cached in-process for <= 0.25 s.
 
 The runbooks change things at runtime for the whole fleet (enable rate limiting,
 switch to the backup LLM). Each replica reads the value from Redis at most once per
@@ -57,7 +57,7 @@ class SharedSetting(Generic[T]):
         default: T,
         parse: Callable[[str], T],
         dump: Callable[[T], str],
-        ttl: float = 1.0,
+        ttl: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create the setting; see the class docstring."""
