@@ -9,12 +9,12 @@ It runs ``agentverify run --env staging`` (the bundled gate, scenarios/) in a ch
 process, then reads the run's journal (``results.json``):
 
 * configured waits: every step's ``waits`` — load durations, bakes, faults held,
-  steady-state baselines, deregistration delays, deliberate timeouts, an ``alert`` step's
-  wait for its alert, and a drill's waits on what its configuration times: the alert
-  path (the rule's rate window and ``for``, scrape and evaluation intervals,
-  Alertmanager's group_wait), the alert's resolution (the window again, group_interval)
-  and the steady-state hold after the runbook and after the recovery (the hypothesis'
-  window and ``hold_s``);
+  steady-state baselines, deregistration delays, deliberate timeouts, a load's wait for a
+  scrape after it (the scrape interval), an ``alert`` step's wait for its alert, and a
+  drill's waits on what its configuration times: the alert path (the rule's rate window
+  and ``for``, scrape and evaluation intervals, Alertmanager's group_wait), the alert's
+  resolution (the window again, group_interval) and the steady-state hold after the
+  runbook and after the recovery (the hypothesis' window and ``hold_s``);
 * stack start-ups: every stack brought up (the shared one, fresh ones) and its ``up_s``;
 * agent starts: agent instances started outside a stack's start-up (rollouts, scaling,
   restores of the baseline); their union on the clock is what the gate waited for them,

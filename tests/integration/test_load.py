@@ -121,6 +121,10 @@ def test_short_load_through_nginx_reports_the_documented_facts(short_run: dict[s
         facts["cost_usd"] / facts["requests"] * 1000, rel=1e-3)
     assert 0.2 < facts["cache_hit_ratio"] < 0.9
     assert facts["max_completion_tokens"] <= facts["max_tokens_limit"]
+    # what the step waited for on purpose: the load, then a scrape of its counters
+    waits = entry["steps"][0]["waits"]
+    assert waits["load"] == pytest.approx(facts["duration_s"], abs=0.05)
+    assert 0 < waits["fresh scrape"] < 5  # at most a scrape interval, and the queries
     # the latency-over-time series the HTML report plots
     assert {"p95_ms", "rps"} <= set(result.series)
     assert len(result.series["rps"]) >= 4

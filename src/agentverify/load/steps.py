@@ -285,7 +285,10 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         ctx.say(f"  objective missed: {reason}")
 
     if metrics_before is not None:
-        after = read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
+        # the agent's counters as of the end: a wait of up to a scrape interval (the one
+        # before the load ran beside the Locust child's start)
+        with ctx.waiting("fresh scrape"):
+            after = read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
         if not (after.scraped and metrics_before.scraped):
             ctx.say(f"  Prometheus did not scrape every replica within "
                     f"{params.metrics_timeout_s:g}s; comparing the latest values")
