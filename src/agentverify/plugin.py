@@ -102,8 +102,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     av = session.config.stash.get(SESSION_KEY, None)
     if av is None:
         return
-    # the reports (the HTML page takes seconds to draw) are written while the stack goes
-    # down; close() runs them in any case, after a failed or interrupted capture too
+    # the reports are written while the stack goes down; close() runs them in any case,
+    # after a failed or interrupted capture too
     reports = av.write_reports if av.journal.scenarios else None
     try:
         av.close(meanwhile=reports)

@@ -241,8 +241,8 @@ class AgentVerifySession:
             result.gates = [g.evaluate({}) for g in spec.gates(self.env)]
         result.error = self.redactor(result.error) if result.error else None
         self.journal.add(result)
-        # the journal after every scenario (a crash still leaves it); the HTML page, whose
-        # plots take seconds to draw, once at the end (pytest_sessionfinish, also on Ctrl-C)
+        # the journal after every scenario (a crash still leaves it); the HTML page, with
+        # the dashboard's panels, once at the end (pytest_sessionfinish, also on Ctrl-C)
         self.write_reports(html=False)
         return result
 

@@ -124,7 +124,7 @@ def test_short_load_through_nginx_reports_the_documented_facts(short_run: dict[s
     # what the step waited for on purpose: the load, then a scrape of its counters
     waits = entry["steps"][0]["waits"]
     assert waits["load"] == pytest.approx(facts["duration_s"], abs=0.05)
-    assert 0 < waits["fresh scrape"] < 5  # at most a scrape interval, and the queries
+    assert 0 < waits["fresh scrape"] < 5  # at most a scrape interval (and a query)
     # the latency-over-time series the HTML report plots
     assert {"p95_ms", "rps"} <= set(result.series)
     assert len(result.series["rps"]) >= 4

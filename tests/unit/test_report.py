@@ -344,6 +344,17 @@ def test_html_draws_every_panel_and_the_scenario_series_with_axes() -> None:
     assert "budget use" in page and "10.0%" in page  # $0.50 of $5
 
 
+def test_a_panel_whose_points_are_all_gaps_says_it_has_no_data() -> None:
+    data = make_journal().to_json()
+    for panel in data["panels"].values():
+        for series in panel["series"]:
+            series["points"] = [[t, None] for t, _v in series["points"]]
+    page = render_html(data)
+    start = page.index('data-panel="Latency"')
+    figure = page[start:page.index("</figure>", start)]
+    assert "no data in this run" in figure and "-series-" not in figure
+
+
 def test_html_ids_are_unique_and_rendering_is_exact(tmp_path: Path) -> None:
     data = make_journal().to_json()
     page = render_html(data)

@@ -30,11 +30,15 @@ def _numbers(d: str) -> list[float]:
     (1.0, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
     (0.03, [0, 0.01, 0.02, 0.03]),
     (0.0, [0, 0.5, 1.0]),
+    (3e-7, [0, 1e-7, 2e-7, 3e-7]),
+    (1e-13, [0, 0.5, 1.0]),           # too small to scale: a unit axis, not ticks all at 0
+    (float("inf"), [0, 0.5, 1.0]),
+    (float("nan"), [0, 0.5, 1.0]),
 ])
 def test_nice_ticks_start_at_zero_on_a_round_step(top: float, ticks: list[float]) -> None:
     got = nice_ticks(top)
     assert got == pytest.approx(ticks)
-    assert 3 <= len(got) <= 6 and got[-1] <= max(top, 1.0) + 1e-9
+    assert 3 <= len(got) <= 6 and len(set(got)) == len(got)
 
 
 def test_the_time_axis_reads_elapsed_and_utc() -> None:
@@ -97,8 +101,21 @@ def test_ids_carry_the_prefix_and_drawing_is_exact() -> None:
     assert "rollout: v2 &amp; more" in a
 
 
-def test_an_empty_chart_says_so() -> None:
+def test_an_empty_chart_says_so_in_the_middle_of_the_plot() -> None:
     chart = _chart(y_max=0.0)
     chart.note("no data in this run")
+    note = next(t for t in ET.fromstring(chart.render(label="x")).iter(f"{SVG}text")
+                if t.text == "no data in this run")
+    assert float(note.get("x")) == pytest.approx((chart.left + chart.right) / 2)
+    assert float(note.get("y")) == pytest.approx((chart.top + chart.bottom) / 2)
+
+
+def test_input_that_is_not_a_number_draws_no_nan() -> None:
+    chart = Chart("n", title="t", y_label="u", span=float("nan"), y_max=float("inf"),
+                  x_label="x", origin=1_700_000_000.0)
+    chart.line([(0, float("nan")), (1, float("inf")), (2, 3.0)], colour="#000", label="a")
+    chart.hline(float("nan"), colour="#c5221f", label="never drawn")
     svg = chart.render(label="x")
-    assert "no data in this run" in svg and "series" not in svg
+    ET.fromstring(svg)
+    assert "nan" not in svg.lower() and "inf" not in svg.lower()
+    assert "never drawn" not in svg and chart.span == 1.0 and chart.y_max == 1.0

@@ -259,22 +259,22 @@ def test_ending_by_sigterm_is_a_clean_stop(code: int | None, clean: bool) -> Non
 
 def test_the_deregistration_delay_is_waited_only_where_traffic_can_be_in_flight(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agentverify.stack.stack as stack_module
-
-    slept: list[float] = []
-    monkeypatch.setattr(stack_module.time, "sleep", slept.append)
     with _stack(tmp_path) as stack:
-        monkeypatch.setattr(stack, "_drain_s", lambda: 5.0)
+        drained: list[int] = []
+        real_drain = stack._drain
+        monkeypatch.setattr(stack, "_drain", lambda **kw: drained.append(
+            len(stack.replicas)) or real_drain(**kw))
         stack.scale(5)
         stack.scale(3)                                   # traffic may be in flight: drained
-        assert slept == [5.0] and stack.waits["drain"] == 5.0
+        assert drained == [3]
         stack.promote(stack.start_standby("v2"))
-        assert slept == [5.0, 5.0]
+        stack._agent_spec_for = lambda cfg, v: replace(AGENT, version=v)
+        stack.reconfigure_agents("changed", at_once=True)
+        assert drained == [3, 3, 3]
         # between scenarios nothing is sent: the baseline is put back without the delay
         stack.scale(5)
         stack.scale(3, drain=False)
         stack.promote(stack.start_standby("v1"), drain=False)
-        stack._agent_spec_for = lambda cfg, v: replace(AGENT, version=v)
-        stack.reconfigure_agents("baseline", at_once=True)
-        assert slept == [5.0, 5.0] and stack.waits["drain"] == 10.0
+        stack.reconfigure_agents("baseline", at_once=True, drain=False)
+        assert drained == [3, 3, 3]
         assert stack.versions == ["v1"] * 3 and len(stack.replicas) == 3

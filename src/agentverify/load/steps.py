@@ -49,7 +49,7 @@ from agentverify.gates import Inconclusive
 from agentverify.load.driver import BackgroundLoad, LoadDriver
 from agentverify.load.plan import LoadPlan
 from agentverify.load.stats import SLOAbort, slo_breaches
-from agentverify.monitoring.counters import MetricReading, read_metrics
+from agentverify.monitoring.counters import MetricReading, read_metrics, wait_for_scrape
 from agentverify.monitoring.metrics import not_exported, replica_exports
 from agentverify.report.journal import TimeSeries
 from agentverify.scenarios.registry import StepParams, step
@@ -226,6 +226,7 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
     run = driver.run(
         abort_on=slo_abort.check if abort_on_fail else None, poll=poll,
         on_snapshot=lambda snap: first.setdefault("t0", time.time() - snap.t))
+    ended = time.time()
     result = run.result
     ctx.waited(result.duration_s, "load")
     ctx.say(f"  {result.summary()}")
@@ -285,10 +286,11 @@ def load(ctx: ScenarioContext, params: LoadParams) -> dict[str, Any]:
         ctx.say(f"  objective missed: {reason}")
 
     if metrics_before is not None:
-        # the agent's counters as of the end: a wait of up to a scrape interval (the one
-        # before the load ran beside the Locust child's start)
+        # the agent's counters as of the load's end: a wait of up to a scrape interval
+        # (the one before the load ran beside the Locust child's start)
         with ctx.waiting("fresh scrape"):
-            after = read_metrics(ctx.prometheus, mapping, time.time(), params.metrics_timeout_s)
+            wait_for_scrape(ctx.prometheus, ended, params.metrics_timeout_s)
+        after = read_metrics(ctx.prometheus, mapping, ended, params.metrics_timeout_s)
         if not (after.scraped and metrics_before.scraped):
             ctx.say(f"  Prometheus did not scrape every replica within "
                     f"{params.metrics_timeout_s:g}s; comparing the latest values")

@@ -1,13 +1,13 @@
 """The agent's token, cache and cost counters as Prometheus holds them.
 
-What is here: :func:`read_metrics`, which waits for a scrape of every agent replica
-newer than a given time and then reads the agent's token, cache-lookup and cost
-counters — the series ``monitoring.metrics`` names (the reference agent's
-``token_usage_total``, ``cache_requests_total`` and ``llm_cost_usd_total`` by default),
-one instant query each — and the :class:`MetricReading` it returns. The ``load`` step
-reads them before and after a run to check that the dashboard's token counter tells the
-same story as the LLM's own ledger. A counter the mapping sets to null is not read (its
-reading is None).
+What is here: :func:`wait_for_scrape`, which waits for a scrape of every agent replica
+newer than a given time; :func:`read_metrics`, which waits so and then reads the agent's
+token, cache-lookup and cost counters — the series ``monitoring.metrics`` names (the
+reference agent's ``token_usage_total``, ``cache_requests_total`` and
+``llm_cost_usd_total`` by default), one instant query each — and the
+:class:`MetricReading` it returns. The ``load`` step reads them before and after a run to
+check that the dashboard's token counter tells the same story as the LLM's own ledger. A
+counter the mapping sets to null is not read (its reading is None).
 
 Example:
     >>> before = read_metrics(prometheus, MetricsMapping(), time.time(), 20.0)  # doctest: +SKIP
@@ -22,7 +22,7 @@ from typing import Any
 
 from agentverify.monitoring.metrics import MetricsMapping
 
-__all__ = ["MetricReading", "Reading", "read_metrics"]
+__all__ = ["MetricReading", "Reading", "read_metrics", "wait_for_scrape"]
 
 #: ``[(labels, value)]`` of one instant query; None: the counter is not mapped
 Reading = list[tuple[dict[str, str], float]] | None
@@ -36,21 +36,25 @@ class MetricReading:
         self.tokens, self.cache, self.cost, self.scraped = tokens, cache, cost, scraped
 
 
-def read_metrics(prometheus: Any, metrics: MetricsMapping, since: float,
-                 timeout: float) -> MetricReading:
-    """Wait for a scrape of every agent replica newer than ``since``, then read the
-    token, cache and cost counters ``metrics`` names (one instant query each)."""
+def wait_for_scrape(prometheus: Any, since: float, timeout: float) -> bool:
+    """Whether every agent replica was scraped at or after ``since`` (Unix seconds)
+    within ``timeout`` seconds: a wait of up to a scrape interval."""
     deadline = time.monotonic() + timeout
-    scraped = False
     while True:
         # `up` is written by every scrape of every replica, whatever the agent exports
         samples = prometheus.query('min(timestamp(up{job="ai-agent"}))')
         if samples and samples[0].value >= since:
-            scraped = True
-            break
+            return True
         if time.monotonic() >= deadline:
-            break
+            return False
         time.sleep(0.2)
+
+
+def read_metrics(prometheus: Any, metrics: MetricsMapping, since: float,
+                 timeout: float) -> MetricReading:
+    """Wait for a scrape of every agent replica newer than ``since``, then read the
+    token, cache and cost counters ``metrics`` names (one instant query each)."""
+    scraped = wait_for_scrape(prometheus, since, timeout)
 
     def read(entry: Any) -> Reading:
         if entry is None:

@@ -3,7 +3,9 @@
 The runbooks change things at runtime for the whole fleet (enable rate limiting,
 switch to the backup LLM). Each replica reads the value from Redis at most once per
 ``ttl`` seconds; when Redis cannot be read it keeps the last value it saw (or the
-configured default), so an outage of Redis never changes behaviour by itself.
+configured default), so an outage of Redis never changes behaviour by itself. (A Redis
+that answers slowly costs a request one slow read per ``ttl``: the shorter the ``ttl``,
+the more requests wait for it.)
 
 Example:
     >>> import asyncio

@@ -150,7 +150,7 @@ def _panel_svg(index: int, title: str, panel: dict[str, Any], timeline: list[dic
     _bands(chart, [ev for ev in timeline if ev["kind"] != "step"], origin)
     drawn = 0
     for i, s in enumerate(panel.get("series", [])):
-        if s.get("points"):
+        if any(v is not None and math.isfinite(v) for _t, v in s.get("points", [])):
             chart.line(points_of(s["points"], -origin),
                        colour=_SERIES_COLOURS[i % len(_SERIES_COLOURS)],
                        label=s.get("legend") or "series")
@@ -184,6 +184,8 @@ def _series_svg(prefix: str, name: str, series: dict[str, Any], scenario: dict[s
     label = f"{series.get('threshold_label') or 'threshold'} {format_value(threshold)}"
     if threshold is None:
         threshold, label = _gate_threshold(scenario.get("gates", []), series.get("gate"))
+    if threshold is not None and not math.isfinite(threshold):
+        threshold = None  # e.g. a gate "<= inf": no line to draw
     span = max(scenario.get("seconds") or 0.0, max((t for t, _v in pts), default=0.0), 1.0)
     chart = Chart(prefix, title=f"{name} ({unit})" if unit and unit != name else name,
                   y_label=unit or "value", span=span,

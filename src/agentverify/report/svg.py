@@ -56,7 +56,7 @@ def clock(seconds: float) -> str:
 def nice_ticks(top: float, *, most: int = 6) -> list[float]:
     """Ticks from 0 to ``top`` on a 1, 2, 2.5 or 5 x 10^k step, at most ``most`` of them
     (at least 3 where ``top`` > 0)."""
-    if not top > 0 or not math.isfinite(top):
+    if not top > 1e-12 or not math.isfinite(top):  # nothing to scale (or nonsense)
         return [0.0, 0.5, 1.0]
     raw = top / (most - 1)
     base = 10 ** math.floor(math.log10(raw))
@@ -64,7 +64,8 @@ def nice_ticks(top: float, *, most: int = 6) -> list[float]:
     if top / step < 2:  # fewer than 3 ticks: halve the step
         step /= 2
     n = int(math.floor(top / step + 1e-9))
-    return [round(i * step, 12) for i in range(n + 1)]
+    digits = max(0, 3 - math.floor(math.log10(step)))  # exact to the step's own digits
+    return [round(i * step, digits) for i in range(n + 1)]
 
 
 def _num(v: float) -> str:
@@ -93,9 +94,10 @@ class Chart:
         self.prefix = prefix
         self.title, self.title_size = title, title_size
         self.y_label, self.x_label = y_label, x_label
-        self.span = max(span, 1.0)
+        self.span = max(span, 1.0) if math.isfinite(span) else 1.0
         self.y_ticks = nice_ticks(y_max)
-        self.y_max = max(y_max, self.y_ticks[-1]) if y_max > 0 else self.y_ticks[-1]
+        self.y_max = (max(y_max, self.y_ticks[-1]) if math.isfinite(y_max) and y_max > 1e-12
+                      else self.y_ticks[-1])
         self.origin = origin
         self.width, self.height = width, height
         self.y_format = y_format
@@ -166,7 +168,10 @@ class Chart:
         self._data.append(f'<g id="{gid}"><path d="{d}" fill="{colour}"/></g>')
 
     def hline(self, value: float, *, colour: str, label: str) -> None:
-        """A dashed horizontal line at ``value`` (a threshold), labelled on the right."""
+        """A dashed horizontal line at ``value`` (a threshold), labelled on the right;
+        nothing for a value that is not a number."""
+        if not math.isfinite(value):
+            return
         y = self.y(value)
         self._front.append(f'<path d="M{self.left} {y:.1f}H{self.right}" stroke="{colour}" '
                            f'stroke-width="1.3" stroke-dasharray="5 3"/>'

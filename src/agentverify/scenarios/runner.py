@@ -196,10 +196,11 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     """Bring a shared stack back to the configured version, agent configuration and
     replica count.
 
-    No traffic is sent between scenarios, so every replica is replaced at once
-    (blue/green: new instances started side by side, then one switch) rather than one at
-    a time: one agent start on the clock instead of one per replica; and the replaced
-    ones stop without the deregistration delay (no request can be in flight).
+    Nothing sends traffic between scenarios (a scenario's clean-ups stop its probes and
+    loads before this runs), so every replica is replaced at once (blue/green: new
+    instances started side by side, then one switch) rather than one at a time: one agent
+    start on the clock instead of one per replica; and the replaced ones stop without the
+    deregistration delay.
     """
     if not stack.is_up:
         return
@@ -208,7 +209,7 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     if agent_config is not None and agent_config != config:
         say(f"restoring baseline: every replica back on the configured agent config at "
             f"{want_version} at once")
-        stack.reconfigure_agents(config, version=want_version, at_once=True)
+        stack.reconfigure_agents(config, version=want_version, at_once=True, drain=False)
     if any(v != want_version for v in stack.versions):
         say(f"restoring baseline: every replica back to {want_version} at once")
         stack.promote(stack.start_standby(want_version), drain=False)

@@ -779,8 +779,10 @@ class Stack:
     def promote(self, standby: list[Replica], *, drain: bool = True) -> float:
         """Switch traffic to ``standby`` replicas and stop the ones they replace.
 
-        ``drain``: wait the deregistration delay before the stops; False only where no
-        request can be in flight (no traffic is sent between scenarios)."""
+        ``drain``: wait the deregistration delay before the stops. False only where
+        nothing sends traffic (between scenarios: a scenario's probes and loads are
+        stopped by its clean-ups first); Prometheus may then record one failed scrape of
+        a replaced replica, too short to hold any alert's ``for``."""
         t0 = time.monotonic()
         with self._lock:
             old = self._state.replicas
@@ -865,7 +867,7 @@ class Stack:
 
     def reconfigure_agents(self, config: Any, *, version: str | None = None,
                            health_timeout: float | None = None,
-                           at_once: bool = False) -> Rollout:
+                           at_once: bool = False, drain: bool = True) -> Rollout:
         """Restart every replica, one at a time, with the agent made from ``config`` (a
         changed copy of the stack's config: another rate limit, the backup model ...):
         the seed's "change config.yaml, restart the service", drained in nginx replica by
@@ -873,7 +875,8 @@ class Stack:
         moves the replicas to another version in the same pass. ``at_once``: replace
         every replica in one blue/green switch instead (:meth:`start_standby` then
         :meth:`promote`: one agent start on the clock, for when no traffic is measured;
-        the rollout then has no steps, it replaced no replica one by one).
+        the rollout then has no steps, it replaced no replica one by one); ``drain``: see
+        :meth:`promote`.
 
         The replicas run with ``config`` from now on (:attr:`agent_config`), also when a
         replica fails to start on it (the rollout stops there; the caller decides).
@@ -896,7 +899,7 @@ class Stack:
             rollout = Rollout(version=version, from_version=self.current_version)
             t0 = time.monotonic()
             self.promote(self.start_standby(version, health_timeout=health_timeout),
-                         drain=False)
+                         drain=drain)
             rollout.seconds = time.monotonic() - t0
             return rollout
         return self.rolling_update(version, force=True, health_timeout=health_timeout)
@@ -941,10 +944,12 @@ class Stack:
             self._sync_targets()
             if drain:
                 self._drain()
-            self._retire_all(drop)
-            if self._routes is not None:
-                for r in drop:
-                    self._routes.forget_slot(r.instance)
+            try:
+                self._retire_all(drop)
+            finally:  # a failed stop still takes every dropped slot's routes with it
+                if self._routes is not None:
+                    for r in drop:
+                        self._routes.forget_slot(r.instance)
         return time.monotonic() - t0
 
     def stop_agents(self) -> list[Replica]:
