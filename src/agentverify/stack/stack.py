@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -625,11 +626,10 @@ class Stack:
                 gen = self._state.generation
             t0 = time.monotonic()
             self.backend.write_file(lb, "upstream.conf", upstream_conf(servers, gen))
-            res = self.backend.exec(lb, ["nginx", "-e", "stderr", "-p", "${datadir}", "-c",
-                                         "${confdir}/nginx.conf", "-s", "reload"])
-            if not res.ok:
-                raise StackError(f"nginx reload failed (exit {res.exit_code}): "
-                                 f"{res.output.strip()}")
+            # what `nginx -s reload` does, without a process to run it in (a docker exec
+            # costs ~0.1 s on every routing change): SIGHUP to the master, which reads
+            # its configuration again; the generation it then serves says it did
+            self.backend.signal(lb, signal.SIGHUP)
             wait_for_generation(lb.url("http"), gen)
             return time.monotonic() - t0
 
