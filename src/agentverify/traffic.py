@@ -3,9 +3,10 @@
 The load balancer is nginx (as in the reference deployment's "switch traffic" step).
 The main config is static; the upstream lives in ``upstream.conf``, rewritten by the
 :class:`~agentverify.stack.stack.Stack` whenever the set of serving replicas changes,
-followed by ``nginx -s reload``. Every rendering carries a *generation* number that
-nginx echoes in the ``X-Agentverify-Generation`` header, so "the reload has taken
-effect" is observed, not assumed.
+followed by a reload (SIGHUP to the nginx master: what ``nginx -s reload`` sends, sent
+through the backend without running a process for it). Every rendering carries a
+*generation* number that nginx echoes in the ``X-Agentverify-Generation`` header, so
+"the reload has taken effect" is observed, not assumed.
 """
 
 from __future__ import annotations
