@@ -191,3 +191,25 @@ def test_a_sigkilled_run_during_load_leaves_nothing_after_reap(tmp_path: Path,
     assert reap.returncode == 0, reap.stderr
     assert "reaped" in reap.stdout, reap.stdout
     assert wait_until(lambda: leftovers(run_id, run_dir) == [], 30), leftovers(run_id, run_dir)
+
+
+def test_closing_the_local_backend_stops_a_recorded_process_the_stack_never_got(
+        tmp_path: Path) -> None:
+    """A Ctrl-C between a replica's spawn and its handle reaching the stack left the
+    process running (seen once in the Ctrl-C test above): closing the backend, the last
+    step of a teardown, stops whatever the run record still lists."""
+    from agentverify.stack.local import LocalBackend
+    from agentverify.stack.runstate import RunContext
+    from agentverify.stack.spec import ServiceSpec
+
+    run = RunContext.create("local", state_dir=tmp_path / "state")
+    backend = LocalBackend()
+    backend.open(run)
+    spec = ServiceSpec(name="sleeper", role="job", image="x",
+                       command=(sys.executable, "-c", "import time; time.sleep(120)"))
+    # the stack never stops this handle, as when a Ctrl-C cut the start short
+    proc = backend.start(spec, "sleeper", peers={}).state.proc
+    assert leftovers(run.run_id, run.run_dir) != []
+    backend.close()
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    assert leftovers(run.run_id, run.run_dir) == [] and run.processes() == {}

@@ -74,7 +74,15 @@ class LocalBackend:
         self.run = run
 
     def close(self) -> None:
-        """Nothing per-run to release: processes are stopped through their handles."""
+        """Stop what the run record still lists once the stack has stopped its handles:
+        a process whose start a Ctrl-C cut short (spawned and recorded, its handle never
+        returned to the stack) would otherwise outlive the run."""
+        run = self.run
+        if run is None:
+            return
+        for key, entry in run.processes().items():
+            kill_group(int(entry["pgid"]), run.run_id, run.run_dir, signal.SIGKILL)
+            run.forget_process(key)
 
     def reap_stale(self) -> list[str]:
         """Nothing beyond the run records (which the Stack reaps): a process is ours only

@@ -223,6 +223,11 @@ class RunContext:
             self._processes[key] = {"pid": pid, "pgid": pgid, "started": time.time()}
             self._write(closed=False)
 
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """The processes recorded and not forgotten: ``{key: {"pid", "pgid", "started"}}``."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._processes.items()}
+
     def forget_process(self, key: str) -> None:
         with self._lock:
             self._processes.pop(key, None)
