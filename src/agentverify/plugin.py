@@ -102,13 +102,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     av = session.config.stash.get(SESSION_KEY, None)
     if av is None:
         return
-    # the reports are written while the stack goes down; close() runs them in any case,
-    # after a failed or interrupted capture too
-    reports = av.write_reports if av.journal.scenarios else None
+    # the reports once the stack is down (its panels were read first), after a failed
+    # or interrupted capture or teardown too
     try:
-        av.close(meanwhile=reports)
+        av.close()
     finally:
-        if reports is not None:
+        if av.journal.scenarios:
+            av.write_reports()
             session.config.hook.pytest_agentverify_write_report(journal=av.journal,
                                                                 report_dir=av.report_dir)
 

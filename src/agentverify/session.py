@@ -269,15 +269,12 @@ class AgentVerifySession:
                 self.say(f"could not write {name}: {type(exc).__name__}: {exc}")
         return written
 
-    def close(self, *, meanwhile: Callable[[], object] | None = None) -> None:
-        """Stop the shared stack (idempotent). ``meanwhile`` (writing the reports) runs
-        while the stack goes down — a teardown is mostly waiting for graceful stops — and
-        both have ended when this returns or raises."""
+    def close(self) -> None:
+        """Stop the shared stack (idempotent), after the report's dashboard panels were
+        read from its Prometheus."""
         with self._lock:
             stack, self._stack = self._stack, None
         if stack is None:
-            if meanwhile is not None:
-                meanwhile()
             return
         # the report's dashboard panels need this stack's Prometheus: before it goes
         from agentverify.report.panels import record_panels
@@ -286,29 +283,4 @@ class AgentVerifySession:
             record_panels(self.journal, stack, say=self.say)
         finally:  # even a Ctrl-C during the capture must not leave the stack up
             self.say("tearing the stack down")
-            if meanwhile is None:
-                stack.down()
-            else:
-                _beside(stack.down, meanwhile)
-
-
-def _beside(background: Callable[[], object], foreground: Callable[[], object]) -> None:
-    """Run ``background`` in a thread while ``foreground`` runs here; return when both
-    have ended, raising the first one's error (the background's first)."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            background()
-        except BaseException as exc:  # handed to the caller below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="agentverify-beside")
-    thread.start()
-    try:
-        foreground()
-    finally:
-        thread.join()  # a Ctrl-C here still leaves the thread to finish (not a daemon)
-    if errors:
-        raise errors[0]
-
+            stack.down()
