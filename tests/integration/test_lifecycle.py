@@ -213,3 +213,37 @@ def test_closing_the_local_backend_stops_a_recorded_process_the_stack_never_got(
     backend.close()
     assert proc.wait(timeout=10) == -signal.SIGKILL
     assert leftovers(run.run_id, run.run_dir) == [] and run.processes() == {}
+
+
+_LEFT_UP = """\
+import json, os, sys
+from pathlib import Path
+from agentverify.session import AgentVerifySession
+
+backend, config, out, state = sys.argv[1:5]
+session = AgentVerifySession(env="dev", config_path=config, backend=backend,
+                             report_dir=Path(out).parent / "reports", say=print,
+                             environ=dict(os.environ, AGENTVERIFY_STATE_DIR=state))
+stack = session.new_stack(only=("redis",))
+stack.up()
+Path(out).write_text(json.dumps({"run_id": stack.run.run_id,
+                                 "run_dir": str(stack.run.run_dir)}))
+# the script ends without stack.down(): the interpreter's exit must tear the stack down
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_script_that_never_calls_down_leaves_nothing_when_it_exits(
+        backend: str, tmp_path: Path) -> None:
+    """Stack.up() registers down() to run at interpreter exit. By then no thread pool
+    takes work (concurrent.futures shuts down before atexit callbacks run): the stops at
+    teardown failed and every service outlived the script, seen on docker."""
+    require_backend(backend)
+    out = tmp_path / "stack.json"
+    proc = subprocess.run([sys.executable, "-c", _LEFT_UP, backend, str(CONFIG), str(out),
+                           str(tmp_path / "state")], cwd=CONFIG.parent, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    record = json.loads(out.read_text())
+    assert leftovers(record["run_id"], record["run_dir"]) == []

@@ -52,6 +52,29 @@ from agentverify.traffic import upstream_conf, wait_for_generation
 __all__ = ["Stack", "Replica", "ProgressEvent", "Rollout", "StepTiming", "reap_leftovers"]
 
 
+def _side_by_side(fn: Callable[[Any], None], items: Iterable[Any]) -> list[BaseException]:
+    """Call ``fn`` on every item, each in a thread of its own; returns what they raised.
+
+    At interpreter exit (``Stack.down`` registered with atexit) no thread pool takes work
+    any more (concurrent.futures shuts down before atexit callbacks run): the items are
+    then done one after another.
+    """
+    items = list(items)
+    errors: list[BaseException] = []
+    with cf.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        futures = []
+        for item in items:
+            try:
+                futures.append(pool.submit(fn, item))
+            except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+                try:
+                    fn(item)
+                except Exception as exc:
+                    errors.append(exc)
+        errors += [exc for fut in futures if (exc := fut.exception()) is not None]
+    return errors
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """A state change of one instance, for progress displays."""
@@ -572,10 +595,10 @@ class Stack:
             with self._lock:
                 self._state = _State()
             atexit.unregister(self.down)
-        try:
-            self.backend.close()
-        except StackError as exc:
-            error = error or exc
+            try:  # whatever happened above: the backend removes what is left of the run
+                self.backend.close()
+            except StackError as exc:
+                error = error or exc
         # a record stays open while anything may be left: the next run reaps it
         if error is None and was_open and self.run is not None:
             self.run.close()
@@ -594,12 +617,7 @@ class Stack:
             by_rank.setdefault(ranks.get(h.spec.name, 0), []).append(h)
         errors: list[BaseException] = []
         for rank in sorted(by_rank):
-            handles = by_rank[rank]
-            with cf.ThreadPoolExecutor(max_workers=len(handles)) as pool:
-                for fut in [pool.submit(self._stop_quietly, h) for h in handles]:
-                    exc = fut.exception()
-                    if exc is not None:
-                        errors.append(exc)
+            errors += _side_by_side(self._stop_quietly, by_rank[rank])
         if errors:
             raise StackError(f"teardown: {len(errors)} instance(s) did not stop cleanly: "
                              f"{errors[0]}")
@@ -797,8 +815,9 @@ class Stack:
 
     def _retire_all(self, replicas: list[Replica]) -> None:
         """Stop ``replicas`` side by side (each stop mostly waits for a graceful exit)."""
-        with cf.ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
-            list(pool.map(lambda r: self._retire(r.handle), replicas))
+        errors = _side_by_side(lambda r: self._retire(r.handle), replicas)
+        if errors:
+            raise errors[0]
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
                        after_each: Callable[[Replica], str | None] | None = None,
