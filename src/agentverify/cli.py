@@ -223,9 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     values = cli_values(args, os.environ)
     # plugins a gate has no use for stay out: Locust's gevent-patches the host; anyio's
     # imports its event-loop backends (0.5 s of every run); unraisableexception runs a
-    # collection of the whole heap, five times, on the way out
+    # collection of the whole heap, five times, on the way out. No assertion rewriting:
+    # a scenario is YAML, and rewriting would recompile agentverify's own modules (a
+    # plugin's) from source at every run where bytecode is not written (0.5-0.9 s)
     argv = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider", "-p", "no:locust",
-            "-p", "no:anyio", "-p", "no:unraisableexception",
+            "-p", "no:anyio", "-p", "no:unraisableexception", "--assert=plain",
             "-o", "addopts=", "-o", "filterwarnings=default", "-rfE",
             f"--agentverify-env={session.env}",
             *as_pytest_args(values, ("config", "backend", "set", "load_workers")),
