@@ -4,7 +4,7 @@ runner (integration tests use real backends; these never start anything)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +25,22 @@ class FakeState(InstanceState):
 class FakeBackend:
     """Every call is recorded in ``calls``; instances "run" until stopped or killed.
 
-    ``fail_start`` names instances whose start raises; ``leftovers`` is what
+    ``fail_start`` names instances whose start raises, ``fail_stop`` instances whose
+    stop raises (after the instance stopped, as a backend that lost track of it);
+    ``on_stop`` is called with each handle being stopped; ``leftovers`` is what
     ``reap_stale`` reports.
     """
 
     name = "fake"
 
     def __init__(self, *, fail_start: set[str] | None = None,
+                 fail_stop: set[str] | None = None,
+                 on_stop: Callable[[Handle], None] | None = None,
                  leftovers: list[str] | None = None) -> None:
         self.calls: list[tuple[str, str]] = []
         self.fail_start = fail_start or set()
+        self.fail_stop = fail_stop or set()
+        self.on_stop = on_stop
         self.leftovers = list(leftovers or [])
         self.run: RunContext | None = None
         self.closed = False
@@ -76,8 +82,14 @@ class FakeBackend:
         return CommandResult(tuple(spec.command), 0, "job done")
 
     def stop(self, handle: Handle, grace: float | None = None) -> None:
+        from agentverify.errors import StackError
+
         self.calls.append(("stop", handle.key))
+        if self.on_stop is not None:
+            self.on_stop(handle)
         handle.state.running = False
+        if handle.instance in self.fail_stop:
+            raise StackError(f"{handle.instance}: fake stop failure")
         handle.state.exit_code = 0
 
     def kill(self, handle: Handle) -> None:

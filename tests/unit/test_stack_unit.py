@@ -145,6 +145,37 @@ def test_scale_out_and_in_follows_in_routing_targets(tmp_path: Path) -> None:
             stack.scale(0)
 
 
+def test_scale_in_stops_the_dropped_replicas_side_by_side_and_reports_a_failed_stop(
+        tmp_path: Path) -> None:
+    import threading
+
+    from agentverify.errors import StackError
+
+    # each stop of a dropped replica waits for the other two: one after another, the
+    # first would time out
+    dropped = {"agent-2", "agent-3", "agent-4"}
+    barrier = threading.Barrier(len(dropped), timeout=5)
+
+    def on_stop(handle) -> None:
+        if handle.instance in dropped:
+            barrier.wait()
+
+    backend = FakeBackend(fail_stop={"agent-3"}, on_stop=on_stop)
+    with _stack(tmp_path, backend) as stack:
+        stack.scale(5)
+        with pytest.raises(StackError, match="agent-3: fake stop failure"):
+            stack.scale(2, drain=False)
+        assert [r.instance for r in stack.replicas] == ["agent-0", "agent-1"]
+        assert {f"{i}.g1" for i in dropped} <= set(backend.stopped())
+        assert not barrier.broken
+        targets = json.loads(stack.service("prometheus").state.files["targets/agents.json"])
+        assert [g["labels"]["replica"] for g in targets] == ["agent-0", "agent-1"]
+        # the replica whose stop failed is still the stack's: the teardown stops it again
+        dropped.clear()
+        backend.fail_stop.clear()
+    assert backend.stopped().count("agent-3.g1") == 2
+
+
 def test_restart_keeps_the_service_serving(tmp_path: Path) -> None:
     backend = FakeBackend()
     with _stack(tmp_path, backend) as stack:
