@@ -377,7 +377,10 @@ class Stack:
     # ------------------------------------------------------------------ up / down
 
     def up(self) -> Stack:
-        """Start every service, dependencies first, in parallel where the graph allows."""
+        """Start every service, dependencies first, in parallel where the graph allows.
+
+        :meth:`down` is also registered to run at interpreter exit: a script that never
+        calls it leaves nothing behind when it ends."""
         if self._is_up:
             return self
         reaped = reap_leftovers([self.backend], self.state_dir)
