@@ -21,7 +21,8 @@ process, then reads the run's journal (``results.json``):
   beside their count x the agent's median cold start measured in the same run, and a
   bare FastAPI app's cold start measured here (what any Python agent costs at least);
 * the remainder, wall - the three above: agentverify's own overhead (probes, reloads,
-  Locust's start, reports, teardown, bookkeeping).
+  Locust's start, reports, teardown, bookkeeping); also per scenario (its median and
+  largest, and the largest ones by name), since the gate grows by scenarios.
 
 The ratio wall / (waits + agent starts on the critical path) says how close the gate is
 to costing no more than its own waits. Targets on a 2-core machine: remainder <= 20 s,
@@ -123,8 +124,7 @@ def _remainders(journal: dict[str, Any], wall: float, ups: list[tuple[float, flo
         start = scenario.get("started") or prev
         end = scenario.get("ended") or start + (scenario.get("seconds") or 0.0)
         add("(between scenarios)", prev, start, 0.0)
-        waited = sum(sum((st.get("waits") or {}).values()) for st in scenario.get("steps", []))
-        add(scenario["name"], start, end, waited)
+        add(scenario["name"], start, end, sum(_waits(scenario).values()))
         prev = end
     span = (journal.get("ended_unix") or prev) - journal["started_unix"]
     add("(after the last scenario)", prev, journal.get("ended_unix") or prev, 0.0)
@@ -132,13 +132,21 @@ def _remainders(journal: dict[str, Any], wall: float, ups: list[tuple[float, flo
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def _waits(scenario: dict[str, Any]) -> dict[str, float]:
+    """Seconds a scenario's steps journaled as waits, by reason."""
+    waits: dict[str, float] = {}
+    for step in scenario.get("steps", []):
+        for reason, seconds in (step.get("waits") or {}).items():
+            waits[reason] = waits.get(reason, 0.0) + seconds
+    return waits
+
+
 def split(journal: dict[str, Any], wall: float) -> dict[str, Any]:
     """The wall time of a run, split as the module docstring says."""
     waits: dict[str, float] = {}
     for scenario in journal["scenarios"]:
-        for step in scenario.get("steps", []):
-            for reason, seconds in (step.get("waits") or {}).items():
-                waits[reason] = waits.get(reason, 0.0) + seconds
+        for reason, seconds in _waits(scenario).items():
+            waits[reason] = waits.get(reason, 0.0) + seconds
     stacks = journal.get("stacks") or []
     ups = [(s["started"], s["started"] + s["up_s"]) for s in stacks]
     starts = [s for s in journal.get("starts") or [] if s["role"] == "agent" and s["ready"]]
@@ -151,6 +159,7 @@ def split(journal: dict[str, Any], wall: float) -> dict[str, Any]:
     agent_critical = _union(outside)
     waits_total = sum(waits.values())
     by_scenario = _remainders(journal, wall, ups, outside)
+    own = [v for k, v in by_scenario.items() if not k.startswith("(")]
     stack_total = sum(s["up_s"] for s in stacks)
     remainder = wall - waits_total - stack_total - agent_critical
     ratio = wall / (waits_total + agent_critical) if waits_total + agent_critical else 0.0
@@ -162,6 +171,9 @@ def split(journal: dict[str, Any], wall: float) -> dict[str, Any]:
             "agent_starts_critical_path_s": round(agent_critical, 1),
             "remainder_s": round(remainder, 1), "ratio": round(ratio, 2),
             "remainder_by_scenario": by_scenario,
+            # the scenarios' own (between them, outside the journal: left out)
+            "remainder_per_scenario_median_s": round(statistics.median(own), 2) if own else None,
+            "remainder_per_scenario_max_s": max(own) if own else None,
             "scenarios": len(journal["scenarios"]),
             "passed": sum(1 for s in journal["scenarios"] if s["passed"])}
 
@@ -210,6 +222,8 @@ def main() -> int:
           f"bare FastAPI {f['bare_fastapi_cold_start_s']} s)")
     print(f"  remainder (overhead)       {f['remainder_s']:7.1f} s  (target <= {TARGET_REMAINDER_S:g})")
     print(f"ratio wall / (waits + agent starts) {f['ratio']:.2f}  (target <= {TARGET_RATIO:g})")
+    print(f"  per scenario: median {f['remainder_per_scenario_median_s']} s, largest "
+          f"{f['remainder_per_scenario_max_s']} s ({f['scenarios']} scenarios)")
     print("largest remainders:")
     for name, seconds in list(f["remainder_by_scenario"].items())[:8]:
         print(f"  {seconds:7.1f} s  {name}")
