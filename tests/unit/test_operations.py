@@ -392,3 +392,48 @@ def test_failed_probe_requests_are_found_in_the_logs_of_the_instances_that_got_t
     # no log anywhere: nothing to say either
     ctx.stack = SimpleNamespace(agent_logs=lambda: [("agent-2", tmp_path / "none" / "agent.log")])
     assert _where_logged(ctx, report) == {}
+
+
+def test_probe_start_gives_up_on_a_request_after_its_timeout(tmp_path: Path) -> None:
+    """A request slower than ``timeout_s`` counts as failed; one within it does not."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agentverify.scenarios.rolling_update import (
+        PROBE_KEY,
+        ProbeStartParams,
+        probe_start,
+    )
+
+    class SlowAgent(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            time.sleep(0.4)
+            body = b'{"answer": "a", "sources": [], "cached": false}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowAgent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stack = LogStack(load_config(EXAMPLE, env="dev"), tmp_path)
+    stack.lb_url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    try:
+        for timeout_s, failing in ((0.1, True), (5.0, False)):
+            ctx = ScenarioContext(stack, stack.config, env="dev", report_dir=tmp_path,
+                                  say=lambda line: None)
+            probe_start(ctx, ProbeStartParams(rps=20, timeout_s=timeout_s))
+            time.sleep(0.3)
+            report = ctx.state[PROBE_KEY].stop()
+            assert report.requests >= 3
+            assert (report.failed == report.requests) is failing, (timeout_s, report.failures())
+            assert (report.failed == 0) is not failing
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -50,6 +50,9 @@ class ProbeStartParams(StepParams):
     keepalive: bool = False
     unique: bool = Field(False, description="every request a question of its own: never "
                                             "answered from the cache, so each reaches the LLM")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="a request not answered within "
+                             "this long counts as failed (an agent whose answers take longer "
+                             "by design, e.g. a slow model, needs more)")
 
 
 @step("probe_start", params=ProbeStartParams)
@@ -59,7 +62,7 @@ def probe_start(ctx: ScenarioContext, params: ProbeStartParams) -> dict[str, Any
         raise ScenarioError("a probe is already running (probe_stop it first)")
     probe = Probe(ctx.stack.lb_url, rps=params.rps, message=params.message,
                   contract=ctx.contract, keepalive=params.keepalive,
-                  unique=params.unique).start()
+                  unique=params.unique, timeout=params.timeout_s).start()
     ctx.state[PROBE_KEY] = probe
     # an interrupted scenario must not leave the probe's threads sending
     ctx.defer("stop the probe", probe.stop)
