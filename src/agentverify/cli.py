@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentverify._signals import term_as_interrupt
 from agentverify.errors import AgentVerifyError, UsageError
 from agentverify.options import add_cli_options, as_pytest_args, cli_values
 
@@ -156,17 +157,13 @@ class _LiveProgress:
             self.live = None
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=False, soft_wrap=True)
     session = _session(args, say=lambda line: console.print(f"agentverify: {line}"))
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    term_as_interrupt()  # SIGTERM (a CI job cancelled, `kill`) tears the stack down too
     stack = session.new_stack()
     progress = _LiveProgress(console)
     stack.progress = progress
@@ -235,6 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.keyword:
         argv += ["-k", args.keyword]
     proc = subprocess.Popen(argv)
+    # a SIGTERM for this process alone (a CI job cancelled, `kill PID`) goes on to pytest,
+    # which tears its stack down as on Ctrl-C (one sent to the whole group reaches it too;
+    # it heeds the first)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:
         code = proc.wait()
     except KeyboardInterrupt:

@@ -24,6 +24,8 @@ from agentverify.errors import AgentVerifyError, ScenarioSchemaError, UsageError
 from agentverify.gates import format_value
 
 SESSION_KEY = pytest.StashKey["AgentVerifySession | None"]()
+#: puts SIGTERM's previous handler back (see :func:`agentverify._signals.term_as_interrupt`)
+RESTORE_SIGTERM_KEY = pytest.StashKey["Callable[[], None]"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = None
     if _wants_agentverify(config):
         _session(config)
+        # a CI job cancelled with SIGTERM tears its stack down as on Ctrl-C
+        from agentverify._signals import term_as_interrupt
+
+        config.stash[RESTORE_SIGTERM_KEY] = term_as_interrupt()
 
 
 def _session(config: pytest.Config) -> Any:
@@ -115,8 +121,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     av = config.stash.get(SESSION_KEY, None)
-    if av is not None:  # a crash before sessionfinish: still nothing may leak
-        av.close()
+    try:
+        if av is not None:  # a crash before sessionfinish: still nothing may leak
+            av.close()
+    finally:
+        config.stash.get(RESTORE_SIGTERM_KEY, lambda: None)()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

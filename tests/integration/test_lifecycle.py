@@ -151,6 +151,29 @@ def test_ctrl_c_during_a_gate_run_tears_the_stack_down(backend: str, tmp_path: P
         leftovers(stack["run_id"], stack["run_dir"])
 
 
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_sigterm_during_a_gate_run_tears_the_stack_down(to: str, tmp_path: Path,
+                                                        launched: list) -> None:
+    """A CI job cancelled with SIGTERM: to its whole process group (GitLab, a runner's
+    pod) or to `agentverify run` alone (`kill PID`), the stack goes down as on Ctrl-C.
+    Python's default would end pytest on the spot and leave every service running."""
+    require_backend("local")
+    reports = tmp_path / "reports"
+    proc = launch(["run", "--env", "dev", "--backend", "local", "--config", str(CONFIG),
+                   "--report-dir", str(reports),
+                   str(CONFIG.parent / "scenarios" / "rolling_update.yaml")], tmp_path, launched)
+    stack = wait_for_file(reports / "stack.json", 180, proc)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "tearing the stack down" in out, out
+    assert wait_until(lambda: leftovers(stack["run_id"], stack["run_dir"]) == [], 30), \
+        leftovers(stack["run_id"], stack["run_dir"])
+
+
 def test_a_sigkilled_run_during_load_leaves_nothing_after_reap(tmp_path: Path,
                                                                launched: list) -> None:
     """The Locust child and its workers are recorded like every service: a pytest run
