@@ -6,45 +6,74 @@ ends the process on the spot: no ``finally``, no teardown, every service and con
 left for the next run to reap. With :func:`term_as_interrupt` the first SIGTERM raises
 :class:`KeyboardInterrupt` where the main thread is, which the plugin and the CLI already
 handle as Ctrl-C (the stack goes down, the run ends "interrupted"); a later SIGTERM is
-ignored, so it cannot cut that teardown short.
+swallowed. :func:`shielded` keeps Ctrl-C and SIGTERM from cutting a teardown short (a
+SIGINT, then a SIGTERM seconds later, is how GitHub Actions cancels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["term_as_interrupt"]
+__all__ = ["shielded", "term_as_interrupt"]
+
+
+def _heeded(signum: int, frame: Any) -> None:
+    """A signal that must not cut what runs now. (A handler, not SIG_IGN: a process
+    started meanwhile must not inherit an ignored signal; exec resets a handler.)"""
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def term_as_interrupt() -> Callable[[], None]:
     """Make the first SIGTERM raise KeyboardInterrupt in the main thread; returns what
-    puts the previous handler back.
+    puts the default back.
 
     A no-op (restoring nothing) outside the main thread, or when SIGTERM is not at its
     default: a handler of the host's own, or an ignored SIGTERM, is left alone.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        return lambda: None
-
-    def heeded(signum: int, frame: Any) -> None:
-        """A later SIGTERM: the teardown the first one started must not be cut. (A
-        handler, not SIG_IGN: a process started meanwhile must not inherit an ignored
-        SIGTERM.)"""
 
     def on_term(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, heeded)
+        signal.signal(signal.SIGTERM, _heeded)  # the teardown it starts must not be cut
         raise KeyboardInterrupt("SIGTERM")
 
+    on_term.agentverify = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, on_term)
 
     def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) in (on_term, heeded):
+        if signal.getsignal(signal.SIGTERM) in (on_term, _heeded):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return restore
+
+
+def _ours_or_default(sig: int, handler: Any) -> bool:
+    if sig == signal.SIGINT:
+        return handler in (signal.default_int_handler, signal.SIG_DFL, _heeded)
+    return handler in (signal.SIG_DFL, _heeded) or getattr(handler, "agentverify", False)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are swallowed while the body runs (a teardown), then their
+    handlers are back. A handler of the host's own is left in place; outside the main
+    thread nothing changes."""
+    previous: dict[int, Any] = {}
+    if _main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if _ours_or_default(sig, handler):
+                previous[sig] = handler
+                signal.signal(sig, _heeded)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

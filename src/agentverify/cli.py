@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentverify._signals import term_as_interrupt
+from agentverify._signals import shielded, term_as_interrupt
 from agentverify.errors import AgentVerifyError, UsageError
 from agentverify.options import add_cli_options, as_pytest_args, cli_values
 
@@ -194,11 +194,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         console.print("agentverify: tearing the stack down")
         return EXIT_INTERRUPTED if not stack.is_up else EXIT_OK
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut teardown
-        try:
+        with shielded():  # a second Ctrl-C, or a SIGTERM, must not cut the teardown
             stack.down()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         console.print("agentverify: stack is down")
 
 
@@ -231,16 +228,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--agentverify-report-dir={session.report_dir.resolve()}"]
     if args.keyword:
         argv += ["-k", args.keyword]
-    proc = subprocess.Popen(argv)
     # a SIGTERM for this process alone (a CI job cancelled, `kill PID`) goes on to pytest,
     # which tears its stack down as on Ctrl-C (one sent to the whole group reaches it too;
-    # it heeds the first)
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    # it heeds the first); set before the child exists, so none is lost in between
+    child: list[subprocess.Popen[bytes]] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signal.SIGTERM)
+                                                         for p in child])
+    proc = subprocess.Popen(argv)
+    child.append(proc)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         # the terminal's Ctrl-C reached pytest too; let it tear its stack down
         code = proc.wait()
+    if code < 0 and -code in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL):
+        return EXIT_INTERRUPTED  # pytest was killed before it could say so itself
     return {0: EXIT_OK, 1: EXIT_GATE, 2: EXIT_INTERRUPTED, 4: EXIT_USAGE,
             5: EXIT_USAGE}.get(code, EXIT_STACK)
 

@@ -109,9 +109,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if av is None:
         return
     # the reports once the stack is down (its panels were read first), after a failed
-    # or interrupted capture or teardown too
+    # or interrupted capture or teardown too; neither Ctrl-C nor SIGTERM cuts the teardown
+    from agentverify._signals import shielded
+
     try:
-        av.close()
+        with shielded():
+            av.close()
     finally:
         if av.journal.scenarios:
             av.write_reports()
@@ -121,9 +124,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     av = config.stash.get(SESSION_KEY, None)
+    from agentverify._signals import shielded
+
     try:
         if av is not None:  # a crash before sessionfinish: still nothing may leak
-            av.close()
+            with shielded():
+                av.close()
     finally:
         config.stash.get(RESTORE_SIGTERM_KEY, lambda: None)()
 

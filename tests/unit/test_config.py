@@ -159,3 +159,30 @@ def test_cli_unknown_environment_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown environment 'qa'; expected one of: dev, gameday, production, staging" in proc.stderr
+
+
+@pytest.mark.parametrize(("child_code", "expected"), [(1, 1), (2, 130), (-15, 130), (-2, 130),
+                                                      (-9, 130), (-11, 3)])
+def test_agentverify_run_exits_with_what_its_pytest_child_ended_with(
+        child_code: int, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest child killed by a signal before it could say so itself (a SIGTERM before
+    its handler was set, an interrupt in its last hooks) is "interrupted", not "the stack
+    could not be brought up"."""
+    import signal
+
+    from agentverify import cli
+
+    class Child:
+        def __init__(self, argv: list[str]) -> None:
+            assert "--assert=plain" in argv
+
+        def wait(self) -> int:
+            return child_code
+
+    monkeypatch.setattr("subprocess.Popen", Child)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        scenarios = Path(__file__).resolve().parents[2] / "scenarios"
+        assert cli.main(["run", "--env", "dev", str(scenarios)]) == expected
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -44,3 +44,32 @@ def test_a_handler_of_the_host_is_left_alone(default_sigterm) -> None:
     assert seen == [signal.SIGTERM]
     restore()
     assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_a_shielded_teardown_is_cut_by_neither_a_ctrl_c_nor_a_sigterm(default_sigterm) -> None:
+    from agentverify._signals import shielded
+
+    restore = term_as_interrupt()
+    armed = signal.getsignal(signal.SIGTERM)
+    with shielded():
+        os.kill(os.getpid(), signal.SIGINT)  # GitHub Actions' cancel: SIGINT, then SIGTERM
+        _deliver()
+        done = True
+    assert done
+    # afterwards each is as it was: Ctrl-C interrupts, SIGTERM is still armed
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is armed
+    with pytest.raises(KeyboardInterrupt):
+        _deliver()
+    restore()
+
+
+def test_a_shield_leaves_a_handler_of_the_host_in_place(default_sigterm) -> None:
+    from agentverify._signals import shielded
+
+    seen: list[int] = []
+    mine = lambda signum, frame: seen.append(signum)  # noqa: E731
+    signal.signal(signal.SIGTERM, mine)
+    with shielded():
+        _deliver()
+    assert seen == [signal.SIGTERM]

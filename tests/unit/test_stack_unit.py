@@ -309,3 +309,21 @@ def test_the_deregistration_delay_is_waited_only_where_traffic_can_be_in_flight(
         stack.reconfigure_agents("baseline", at_once=True, drain=False)
         assert drained == [3, 3, 3]
         assert stack.versions == ["v1"] * 3 and len(stack.replicas) == 3
+
+
+def test_an_interrupt_in_one_stop_still_lets_every_other_stop_run() -> None:
+    from agentverify.stack.stack import _side_by_side
+
+    done: list[int] = []
+
+    def stop(i: int) -> None:
+        if i == 1:
+            raise KeyboardInterrupt
+        if i == 2:
+            raise RuntimeError("lost track of it")
+        done.append(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        _side_by_side(stop, range(4))
+    assert sorted(done) == [0, 3]
+    assert [str(e) for e in _side_by_side(stop, [0, 2, 3])] == ["lost track of it"]

@@ -53,7 +53,8 @@ __all__ = ["Stack", "Replica", "ProgressEvent", "Rollout", "StepTiming", "reap_l
 
 
 def _side_by_side(fn: Callable[[Any], None], items: Iterable[Any]) -> list[BaseException]:
-    """Call ``fn`` on every item, each in a thread of its own; returns what they raised.
+    """Call ``fn`` on every item, each in a thread of its own; returns the errors they
+    raised. An interrupt (KeyboardInterrupt) is raised once every item had its turn.
 
     At interpreter exit (``Stack.down`` registered with atexit) no thread pool takes work
     any more (concurrent.futures shuts down before atexit callbacks run): the items are
@@ -69,9 +70,12 @@ def _side_by_side(fn: Callable[[Any], None], items: Iterable[Any]) -> list[BaseE
             except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
                 try:
                     fn(item)
-                except Exception as exc:
+                except BaseException as exc:  # the next item still gets its turn
                     errors.append(exc)
         errors += [exc for fut in futures if (exc := fut.exception()) is not None]
+    for exc in errors:
+        if not isinstance(exc, Exception):
+            raise exc
     return errors
 
 
@@ -819,8 +823,11 @@ class Stack:
     def _retire_all(self, replicas: list[Replica]) -> None:
         """Stop ``replicas`` side by side (each stop mostly waits for a graceful exit)."""
         errors = _side_by_side(lambda r: self._retire(r.handle), replicas)
-        if errors:
+        if len(errors) == 1:
             raise errors[0]
+        if errors:
+            raise StackError(f"{len(errors)} replicas did not stop cleanly: {errors[0]} (and "
+                             + "; ".join(str(e).splitlines()[0] for e in errors[1:]) + ")")
 
     def rolling_update(self, version: str, *, health_timeout: float | None = None,
                        after_each: Callable[[Replica], str | None] | None = None,
