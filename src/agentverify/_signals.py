@@ -39,25 +39,24 @@ def term_as_interrupt() -> Callable[[], None]:
     """
     if not _main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return lambda: None
-
-    def on_term(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, _heeded)  # the teardown it starts must not be cut
-        raise KeyboardInterrupt("SIGTERM")
-
-    on_term.agentverify = True  # type: ignore[attr-defined]
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, _on_term)
 
     def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) in (on_term, _heeded):
+        if signal.getsignal(signal.SIGTERM) in (_on_term, _heeded):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return restore
 
 
+def _on_term(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, _heeded)  # the teardown it starts must not be cut
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def _ours_or_default(sig: int, handler: Any) -> bool:
     if sig == signal.SIGINT:
         return handler in (signal.default_int_handler, signal.SIG_DFL, _heeded)
-    return handler in (signal.SIG_DFL, _heeded) or getattr(handler, "agentverify", False)
+    return handler in (signal.SIG_DFL, _heeded, _on_term)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agentverify._signals import shielded, term_as_interrupt
 from agentverify.errors import AgentVerifyError, ScenarioSchemaError, UsageError
 from agentverify.gates import format_value
 
@@ -63,8 +64,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if _wants_agentverify(config):
         _session(config)
         # a CI job cancelled with SIGTERM tears its stack down as on Ctrl-C
-        from agentverify._signals import term_as_interrupt
-
         config.stash[RESTORE_SIGTERM_KEY] = term_as_interrupt()
 
 
@@ -110,8 +109,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     # the reports once the stack is down (its panels were read first), after a failed
     # or interrupted capture or teardown too; neither Ctrl-C nor SIGTERM cuts the teardown
-    from agentverify._signals import shielded
-
     try:
         with shielded():
             av.close()
@@ -124,8 +121,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     av = config.stash.get(SESSION_KEY, None)
-    from agentverify._signals import shielded
-
     try:
         if av is not None:  # a crash before sessionfinish: still nothing may leak
             with shielded():
