@@ -167,9 +167,9 @@ def agent_stack(agentverify_session: Any) -> Any:
 @pytest.fixture
 def agent_client(agent_stack: Any) -> Iterator[Any]:
     """An ``httpx.Client`` on the stack's load balancer."""
-    import httpx
+    from agentverify import _http
 
-    with httpx.Client(base_url=agent_stack.lb_url, timeout=30.0) as client:
+    with _http.new_client(base_url=agent_stack.lb_url, timeout=30.0) as client:
         yield client
 
 

@@ -222,10 +222,10 @@ class ReceiverClient:
     """
 
     def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
-        import httpx
+        from agentverify import _http
 
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = _http.new_client(base_url=self.base_url, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"ReceiverClient({self.base_url!r})"

@@ -28,6 +28,7 @@ put back after the scenario (see :mod:`agentverify.drills.runbook`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import re
 import time
 import uuid
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agentverify import agent_ops
+from agentverify import _http, agent_ops
 from agentverify.backup import compare_with, open_backup
 from agentverify.config import RunbookOperation, the_one_key
 from agentverify.cost import LedgerDelta, PriceTable
@@ -549,22 +550,31 @@ def _notified(ctx: ScenarioContext, watch: AlertWatch, t_cause: float,
     return note
 
 
-def _replicas_serving(ctx: ScenarioContext, requests: int = 40) -> int:
-    """How many replicas answer through the load balancer: ``requests`` questions, each
-    from a client of its own (a per-client rate limit lets every one through); 40 miss
-    one of 5 round-robin replicas with a chance below 1 in 1,000."""
+def _replicas_serving(ctx: ScenarioContext, requests: int = 40, concurrency: int = 8) -> int:
+    """How many replicas answer through the load balancer: up to ``requests`` questions,
+    each from a client of its own (a per-client rate limit lets every one through),
+    ``concurrency`` at a time, until every replica of the stack has answered; 40 miss one
+    of 5 round-robin replicas with a chance below 1 in 1,000."""
     seen: set[str] = set()
+    everyone = len(ctx.stack.replicas)
     tag = uuid.uuid4().hex[:8]
     message = ctx.config.known_answers[0].question if ctx.config.known_answers else "hello"
-    with httpx.Client(timeout=10.0) as client:
-        for i in range(requests):
-            try:
-                reply = ctx.contract.ask(client, message, base_url=ctx.stack.lb_url,
-                                         client_id=f"av-drill-count-{tag}-{i}", strict=False)
-            except httpx.HTTPError:
-                continue
-            if reply.ok and reply.replica:
-                seen.add(reply.replica)
+
+    def one(client: httpx.Client, i: int) -> str | None:
+        try:
+            reply = ctx.contract.ask(client, message, base_url=ctx.stack.lb_url,
+                                     client_id=f"av-drill-count-{tag}-{i}", strict=False)
+        except httpx.HTTPError:
+            return None
+        return reply.replica if reply.ok else None
+
+    with _http.new_client(timeout=10.0) as client, \
+            cf.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for first in range(0, requests, concurrency):
+            wave = range(first, min(first + concurrency, requests))
+            seen.update(r for r in pool.map(lambda i: one(client, i), wave) if r)
+            if len(seen) >= everyone:  # more questions cannot find more replicas
+                break
     return len(seen)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from agentverify import _http
 from agentverify.errors import FaultInjectionError
 
 __all__ = ["ToxiproxyClient", "Proxy", "Toxic"]
@@ -103,7 +104,7 @@ class ToxiproxyClient:
     def __init__(self, base_url: str, *, timeout: float = 10.0):
         self.base_url = base_url.rstrip("/")
         # A user agent of our own: Toxiproxy refuses browser-like ones with 403.
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False,
+        self._http = _http.new_client(base_url=self.base_url, timeout=timeout, trust_env=False,
                                   headers={"User-Agent": "agentverify-toxiproxy-client"})
 
     def __enter__(self) -> ToxiproxyClient:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from agentverify import _http
 from agentverify.errors import StackError
 
 __all__ = [
@@ -154,7 +155,7 @@ class PrometheusClient:
 
     def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = _http.new_client(base_url=self.base_url, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"PrometheusClient({self.base_url!r})"
@@ -420,7 +421,7 @@ class AlertmanagerClient:
 
     def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = _http.new_client(base_url=self.base_url, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"AlertmanagerClient({self.base_url!r})"

@@ -28,9 +28,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import Field
 
+from agentverify import _http
 from agentverify.backup import (
     TAMPER_MODES,
     backup_stack,
@@ -298,7 +298,7 @@ def _known_answers(ctx: ScenarioContext, restored: Any, count: int) -> dict[str,
     prompts = load_prompts(ctx.config.path(ctx.config.load.prompts))[:count]
     tag = uuid.uuid4().hex[:8]  # never cached on either stack: retrieval answers both
     mismatched = 0
-    with httpx.Client(timeout=30.0) as client:
+    with _http.new_client(timeout=30.0) as client:
         for i, prompt in enumerate(prompts):
             question = f"{prompt} (known answer {tag}-{i})"
             live = ctx.contract.ask(client, question, base_url=ctx.stack.lb_url)

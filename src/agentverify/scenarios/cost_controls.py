@@ -86,7 +86,7 @@ def max_tokens(ctx: ScenarioContext, params: MaxTokensParams) -> dict[str, Any]:
     def ask(message: str, client: httpx.Client) -> AgentReply:
         return ctx.contract.ask(client, message, base_url=ctx.stack.lb_url)
 
-    with httpx.Client(timeout=30.0) as client, \
+    with _http.new_client(timeout=30.0) as client, \
             cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
         try:
             answers = list(pool.map(lambda m: ask(m, client), messages))
@@ -167,7 +167,7 @@ def rate_limit(ctx: ScenarioContext, params: RateLimitParams) -> dict[str, Any]:
         _, replica = contract.identity(r.headers, r.text)
         return r.status_code, r.headers.get("retry-after"), replica
 
-    with httpx.Client(timeout=30.0) as client, \
+    with _http.new_client(timeout=30.0) as client, \
             cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
         t0 = time.monotonic()
         answers = list(pool.map(lambda _: one(client), range(params.requests)))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import Field
 
+from agentverify import _http
 from agentverify.errors import AgentVerifyError, ContractError, DeployError
 from agentverify.scenarios.registry import StepParams, step
 from agentverify.scenarios.smoke import unhealthy
@@ -130,7 +130,7 @@ def deploy(ctx: ScenarioContext, params: DeployParams) -> dict[str, Any]:
         if not ctx.contract.maps("version"):
             raise ContractError("deploy cannot tell which version answers: "
                                 "stack.agent.contract.reply.version is null")
-        with httpx.Client(base_url=stack.lb_url, timeout=10.0) as client:
+        with _http.new_client(base_url=stack.lb_url, timeout=10.0) as client:
             for _ in range(params.verify_requests):
                 # a fresh connection each time, so every request is balanced anew
                 reply = ctx.contract.ask(client, params.message,

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from agentverify import _http
 from agentverify.contract import AgentContract
 from agentverify.errors import ContractError
 from agentverify.traffic import UPSTREAM_HEADER, upstream_attempts
@@ -200,8 +201,8 @@ class Probe:
         # one client for all requests (a client per request costs ~50 ms of CPU for its
         # TLS context); without keep-alive every request still opens its own connection
         limits = None if keepalive else httpx.Limits(max_keepalive_connections=0)
-        self._client = httpx.Client(timeout=timeout, limits=limits) if limits else \
-            httpx.Client(timeout=timeout)
+        self._client = _http.new_client(timeout=timeout, limits=limits) if limits else \
+            _http.new_client(timeout=timeout)
         self._samples: list[ProbeSample] = []
         #: send times of the requests still waiting for an answer, by request number
         self._in_flight: dict[int, float] = {}

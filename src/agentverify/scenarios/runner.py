@@ -74,7 +74,7 @@ class ScenarioContext:
     @cached_property
     def http(self) -> httpx.Client:
         """A client on the load balancer."""
-        return httpx.Client(base_url=self.stack.lb_url, timeout=30.0)
+        return _http.new_client(base_url=self.stack.lb_url, timeout=30.0)
 
     @cached_property
     def contract(self) -> AgentContract:

@@ -64,16 +64,18 @@ def load_prompts(path: Path) -> list[str]:
 
 
 def unhealthy(replicas: list[Any], path: str) -> list[str]:
-    """GET ``path`` on each replica directly; one line per replica that did not answer 200."""
-    bad = []
-    for r in replicas:
+    """GET ``path`` on each replica directly, all at once; one line per replica that did
+    not answer 200 (in the replicas' order)."""
+    def check(r: Any) -> str | None:
         try:
             resp = _http.client().get(r.url + path, timeout=5.0)
-            if resp.status_code != 200:
-                bad.append(f"{r.instance}: {resp.status_code} {resp.text[:120]}")
         except httpx.HTTPError as exc:
-            bad.append(f"{r.instance}: {type(exc).__name__}: {exc}")
-    return bad
+            return f"{r.instance}: {type(exc).__name__}: {exc}"
+        return None if resp.status_code == 200 else \
+            f"{r.instance}: {resp.status_code} {resp.text[:120]}"
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
+        return [line for line in pool.map(check, replicas) if line]
 
 
 @step("health", facts=("replicas", "healthy_replicas", "unhealthy_replicas"))
@@ -170,7 +172,7 @@ def traffic(ctx: ScenarioContext, params: TrafficParams) -> dict[str, Any]:
             return "contract", None
         return str(reply.status), reply.replica
 
-    with httpx.Client(timeout=30.0) as client, \
+    with _http.new_client(timeout=30.0) as client, \
             cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
         for status, replica in pool.map(lambda i: one(i, client), range(params.requests)):
             statuses[status] += 1
