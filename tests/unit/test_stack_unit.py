@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agentverify.config import load_config
 from agentverify.errors import RollbackError, ServiceStartError
 from agentverify.stack.spec import Port, ServiceSpec, StackSpec
 from agentverify.stack.stack import ProgressEvent, Stack
@@ -64,10 +65,17 @@ def test_up_starts_dependencies_first_and_down_stops_in_reverse(tmp_path: Path) 
     assert [c for c in backend.calls[calls:] if c[0] in ("stop", "kill")] == []
 
 
-def test_teardown_ranks_put_every_service_after_all_its_users() -> None:
+def test_teardown_stops_what_an_agent_uses_after_the_agents_and_the_rest_beside_them() -> None:
     # ingest uses llm; the agent uses redis, llm and ingest; prometheus uses llm
     assert _spec().stop_ranks() == {"agent": 0, "prometheus": 0, "ingest": 1, "redis": 1,
-                                    "llm": 2}
+                                    "llm": 1}
+    # what no agent uses (the agent's own users, the monitoring) goes with the agents
+    seed = Stack.from_config(load_config(None, "dev"), backend=FakeBackend()).spec
+    ranks = seed.stop_ranks()
+    assert {n for n, r in ranks.items() if r == 1} == {"toxiproxy", "redis", "milvus", "llm"}
+    assert ranks["agent"] == ranks["lb"] == ranks["prometheus"] == ranks["alertmanager"] == 0
+    # a stack without agents (a restore target) stops at once
+    assert set(_spec().subset(["redis", "prometheus"]).stop_ranks().values()) == {0}
 
 
 def test_a_failed_start_stops_everything_already_started(tmp_path: Path) -> None:

@@ -212,14 +212,26 @@ class StackSpec:
         return done
 
     def stop_ranks(self) -> dict[str, int]:
-        """Service name -> its rank at teardown: 0 for what nothing depends on, else one
-        more than the highest rank of its dependents. Stopping rank by rank, each rank
-        at once, stops every service after everything that uses it."""
-        rank: dict[str, int] = {}
-        for s in reversed(self.order()):  # every dependent comes before its dependencies
-            users = [rank[u.name] for u in self.services if s.name in u.depends_on]
-            rank[s.name] = 1 + max(users) if users else 0
-        return rank
+        """Service name -> its rank at teardown: 1 for what an agent uses, directly or
+        through other services (its proxies, cache, vector store, LLM), 0 for the rest.
+
+        Rank 0 stops first, all at once: the agents, and beside them what only routes to
+        or watches them (load balancer, Prometheus, Alertmanager, receiver), whose own
+        shutdown needs no peer; then rank 1, at once. The agent is the user's code: its
+        shutdown (a flush to its cache, a call to the LLM it finishes) still finds
+        everything it uses. Two rounds of stops, not one per level of the graph.
+        """
+        used: set[str] = set()
+
+        def add(name: str) -> None:
+            for dep in self[name].depends_on:
+                if dep not in used:
+                    used.add(dep)
+                    add(dep)
+
+        for agent in self.by_role(ROLE_AGENT):
+            add(agent.name)
+        return {s.name: 1 if s.name in used else 0 for s in self.services}
 
 
 # ------------------------------------------------------------------------------ the seed

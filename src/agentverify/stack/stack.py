@@ -613,7 +613,7 @@ class Stack:
             raise error
 
     def _stop_started(self) -> None:
-        """Stop every started instance after everything that uses it; all of a rank
+        """Stop every started instance, rank by rank; all of a rank
         (:meth:`StackSpec.stop_ranks`) at once."""
         with self._lock:
             everything = list(self._state.started)
