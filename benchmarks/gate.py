@@ -10,7 +10,8 @@ process, then reads the run's journal (``results.json``):
 
 * configured waits: every step's ``waits`` — load durations, bakes, faults held,
   steady-state baselines, deregistration delays, deliberate timeouts, a load's wait for a
-  scrape after it (the scrape interval), an ``alert`` step's wait for its alert, and a
+  scrape after it (the scrape interval), an ``alert`` step's wait for its alert, a
+  ``targets`` step's wait for Prometheus to discover and scrape changed targets, and a
   drill's waits on what its configuration times: the alert path (the rule's rate window
   and ``for``, scrape and evaluation intervals, Alertmanager's group_wait), the alert's
   resolution (the window again, group_interval) and the steady-state hold after the

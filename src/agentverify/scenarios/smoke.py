@@ -203,12 +203,16 @@ def targets(ctx: ScenarioContext, params: TargetsParams) -> dict[str, Any]:
                 "targets_down": why}
     expected = {"%s:%d" % r.handle.address("http") for r in ctx.stack.replicas}
     deadline = time.monotonic() + params.timeout_s
-    while True:
-        found = {t.instance: t.health for t in ctx.prometheus.targets("ai-agent")}
-        up = {i for i, h in found.items() if i in expected and h == "up"}
-        if up == expected or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    # a wait on Prometheus' own timing: a changed target file reaches the scrape pools
+    # through two throttles of 5 s each, hard-coded (discovery's updates, the scrape
+    # manager's reloads), then the first scrape (the scrape interval)
+    with ctx.waiting("target discovery"):
+        while True:
+            found = {t.instance: t.health for t in ctx.prometheus.targets("ai-agent")}
+            up = {i for i, h in found.items() if i in expected and h == "up"}
+            if up == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
     down = sorted(expected - up)
     if down:
         ctx.say(f"  targets not up: {down} (Prometheus sees {found})")
