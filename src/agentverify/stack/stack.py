@@ -586,7 +586,8 @@ class Stack:
         return new
 
     def down(self) -> None:
-        """Stop everything this stack started (reverse dependency order). Idempotent."""
+        """Stop everything this stack started: the agents (and what routes to or watches them)
+        before what they use (:meth:`StackSpec.stop_ranks`). Idempotent."""
         with self._lock:
             was_open = self.run is not None
             self._is_up = False
