@@ -16,7 +16,8 @@ process, then reads the run's journal (``results.json``):
   and ``for``, scrape and evaluation intervals, Alertmanager's group_wait), the alert's
   resolution (the window again, group_interval) and the steady-state hold after the
   runbook and after the recovery (the hypothesis' window and ``hold_s``);
-* stack start-ups: every stack brought up (the shared one, fresh ones) and its ``up_s``;
+* stack start-ups: every stack brought up (the shared one, fresh ones) and its ``up_s``,
+  less the work it did for a scenario while it came up (``prepared_s``: a restore);
 * agent starts: agent instances started outside a stack's start-up (rollouts, scaling,
   restores of the baseline); their union on the clock is what the gate waited for them,
   beside their count x the agent's median cold start measured in the same run, and a
@@ -110,15 +111,19 @@ def _clip(intervals: list[tuple[float, float]], a: float, b: float) -> list[tupl
 
 
 def _remainders(journal: dict[str, Any], wall: float, ups: list[tuple[float, float]],
-                agent_starts: list[tuple[float, float]]) -> dict[str, float]:
+                agent_starts: list[tuple[float, float]],
+                prepared: list[tuple[float, float]]) -> dict[str, float]:
     """The remainder of each scenario (its span less its waits, stack start-ups and agent
-    starts), of the time between scenarios (baseline restores) and of what lies outside
-    the journal (start-up, the dashboard capture, teardown, the HTML report)."""
+    starts; ``prepared``: ``(stack started, seconds)`` of work a start-up did for the
+    scenario, which stays in its remainder), of the time between scenarios (baseline
+    restores) and of what lies outside the journal (start-up, the dashboard capture,
+    teardown, the HTML report)."""
     out: dict[str, float] = {}
     prev = journal["started_unix"]
 
     def add(name: str, a: float, b: float, waited: float) -> None:
-        rest = (b - a) - waited - _union(_clip(ups, a, b)) - _union(_clip(agent_starts, a, b))
+        rest = (b - a) - waited - _union(_clip(ups, a, b)) - _union(_clip(agent_starts, a, b)) \
+            + sum(seconds for t, seconds in prepared if a <= t < b)
         out[name] = round(out.get(name, 0.0) + rest, 1)
 
     for scenario in journal["scenarios"]:
@@ -150,6 +155,9 @@ def split(journal: dict[str, Any], wall: float) -> dict[str, Any]:
             waits[reason] = waits.get(reason, 0.0) + seconds
     stacks = journal.get("stacks") or []
     ups = [(s["started"], s["started"] + s["up_s"]) for s in stacks]
+    # work a stack-up did for a scenario (a restore the agents start on) is the
+    # scenario's, not a start-up's: it stays in the remainder
+    prepared = [(s["started"], s.get("prepared_s", 0.0)) for s in stacks]
     starts = [s for s in journal.get("starts") or [] if s["role"] == "agent" and s["ready"]]
     cold = [s["ready"] - s["started"] for s in starts]
 
@@ -159,9 +167,9 @@ def split(journal: dict[str, Any], wall: float) -> dict[str, Any]:
     outside = [(s["started"], s["ready"]) for s in starts if not in_an_up(s)]
     agent_critical = _union(outside)
     waits_total = sum(waits.values())
-    by_scenario = _remainders(journal, wall, ups, outside)
+    by_scenario = _remainders(journal, wall, ups, outside, prepared)
     own = [v for k, v in by_scenario.items() if not k.startswith("(")]
-    stack_total = sum(s["up_s"] for s in stacks)
+    stack_total = sum(s["up_s"] - s.get("prepared_s", 0.0) for s in stacks)
     remainder = wall - waits_total - stack_total - agent_critical
     ratio = wall / (waits_total + agent_critical) if waits_total + agent_critical else 0.0
     return {"wall_s": round(wall, 1), "waits_s": round(waits_total, 1),

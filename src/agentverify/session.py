@@ -48,6 +48,15 @@ def describe_event(event: ProgressEvent) -> str | None:
     return None
 
 
+def _union(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by ``spans`` (overlapping ones counted once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total
+
+
 class AgentVerifySession:
     """Config, stack and journal for one run.
 
@@ -138,11 +147,12 @@ class AgentVerifySession:
             self.say(line)
 
     def new_stack(self, config: Config | None = None, *,
-                  only: tuple[str, ...] | None = None) -> Stack:
+                  only: tuple[str, ...] | None = None, jobs: bool = True) -> Stack:
         config = config or self.config
         stack = Stack.from_config(config, backend=self.make_backend(self.backend_name, config),
                                   progress=self._progress, environ=self.environ,
-                                  state_dir=default_state_dir(self.environ), only=only)
+                                  state_dir=default_state_dir(self.environ), only=only,
+                                  jobs=jobs)
         self.redactor.extend(stack.redactor)
         return stack
 
@@ -174,13 +184,17 @@ class AgentVerifySession:
             return self._stack
 
     @contextlib.contextmanager
-    def fresh_stack(self, *, only: tuple[str, ...] | None = None,
+    def fresh_stack(self, *, only: tuple[str, ...] | None = None, jobs: bool = True,
+                    prepare: Callable[[Stack], None] | None = None,
                     **overrides: Any) -> Iterator[Stack]:
         """A stack of its own (e.g. ``fresh_stack(**{"stack.replicas": 5})``); ``only``:
-        just those services and their dependencies."""
+        just those services and their dependencies; ``jobs=False``: without the one-off
+        jobs; ``prepare(stack)`` runs before it is brought up (:meth:`Stack.prepare`)."""
         config = with_overrides(self.config, overrides, source="fresh stack") if overrides \
             else self.config
-        stack = self.new_stack(config, only=only)
+        stack = self.new_stack(config, only=only, jobs=jobs)
+        if prepare is not None:
+            prepare(stack)
         with stack:
             self._journal_stack(stack)
             try:
@@ -189,11 +203,14 @@ class AgentVerifySession:
                 self._journal_starts(stack)
 
     def _journal_stack(self, stack: Stack) -> None:
-        """A stack that came up: when, how long it took, for which scenario."""
+        """A stack that came up: when, how long it took (``prepared_s``: of that, the
+        work :meth:`Stack.prepare` gave it, such as a restore), for which scenario."""
         up = stack.up_seconds or 0.0
         self.journal.stacks.append({"run_id": stack.run.run_id if stack.run else None,
                                     "started": round(time.time() - up, 3),
-                                    "up_s": round(up, 3), "scenario": self._scenario})
+                                    "up_s": round(up, 3),
+                                    "prepared_s": round(_union(stack.prepared_spans), 3),
+                                    "scenario": self._scenario})
 
     def _journal_starts(self, stack: Stack) -> None:
         """The instance starts of ``stack`` not journaled yet (what a gate spends on them)."""

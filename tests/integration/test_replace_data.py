@@ -12,6 +12,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,51 @@ def test_a_failed_replacement_keeps_the_previous_data_and_serves_again(
     assert _get(stack, "k") == b"kept"
     data_dir = Path(stack.backend.volume_path(again))
     assert sorted(p.name for p in data_dir.parent.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize("dbfilename", ["dump.rdb", "other.rdb"])
+def test_a_redis_prepared_with_an_rdb_file_starts_on_it_or_is_refused(
+        backend_name: str, tmp_path: Path, dbfilename: str) -> None:
+    """``Stack.prepare`` (what ``restore_on_start`` uses): the file is in place before
+    Redis first starts, so it serves the data with no restart; a Redis that reads
+    another file would start empty, and the restore's check says so."""
+    from agentverify.backup.redis import RDB_NAME, check_rdb_loaded
+    from agentverify.errors import BackupRestoreError
+
+    # an RDB file with one key, written by a real Redis
+    with Stack(StackSpec((_redis_spec(),), env_name="dev"), get_backend(backend_name),
+               state_dir=tmp_path / "state") as source:
+        with _client(source) as client:
+            client.set("k", "archived")
+            client.save()
+        shutil.copyfile(source.data_path("redis") / "dump.rdb", tmp_path / "archived.rdb")
+
+    spec = _redis_spec()
+    command = tuple(dbfilename if a == "dump.rdb" else a for a in spec.command)
+    stack = Stack(StackSpec((replace(spec, command=command),), env_name="dev"),
+                  get_backend(backend_name), state_dir=tmp_path / "state")
+    starts: list[str] = []
+
+    def place(directory: Path) -> None:
+        starts.append(f"placed, {len(stack.instances())} started")
+        shutil.copyfile(tmp_path / "archived.rdb", directory / RDB_NAME)
+
+    outcome: dict[str, Any] = {}
+
+    def check(handle: Any) -> None:
+        try:
+            check_rdb_loaded(handle.url(), timeout=20.0)
+            outcome["checked"] = "loaded"
+        except BackupRestoreError as exc:
+            outcome["checked"] = str(exc)
+
+    stack.prepare("redis", data=place, ready=check)
+    with stack:
+        assert starts == ["placed, 0 started"]
+        assert len([h for h in stack.instances() if h.spec.name == "redis"]) == 1
+        if dbfilename == RDB_NAME:
+            assert outcome["checked"] == "loaded"
+            assert _get(stack, "k") == b"archived"
+        else:
+            assert "reads 'other.rdb' at start, not 'dump.rdb'" in outcome["checked"]
+            assert _get(stack, "k") is None  # what a restore not checked would miss

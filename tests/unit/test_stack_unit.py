@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentverify.config import load_config
-from agentverify.errors import RollbackError, ServiceStartError
+from agentverify.errors import BackupRestoreError, RollbackError, ServiceStartError, StackError
 from agentverify.stack.spec import Port, ServiceSpec, StackSpec
 from agentverify.stack.stack import ProgressEvent, Stack
 from tests.unit.fakes import FakeBackend
@@ -335,3 +336,55 @@ def test_an_interrupt_in_one_stop_still_lets_every_other_stop_run() -> None:
         _side_by_side(stop, range(4))
     assert sorted(done) == [0, 3]
     assert [str(e) for e in _side_by_side(stop, [0, 2, 3])] == ["lost track of it"]
+
+
+def test_prepared_work_runs_before_the_first_start_and_before_the_dependents(
+        tmp_path: Path) -> None:
+    backend = FakeBackend()
+    stack = _stack(tmp_path, backend)
+    seen: list[tuple[str, Any]] = []
+
+    def fill(directory: Path) -> None:
+        seen.append(("data", list(backend.started())))
+        (directory / "dump.rdb").write_bytes(b"REDIS")
+
+    def ready(handle: Any) -> None:
+        # ready and serving; nothing that uses it has started
+        seen.append(("ready", [s for s in backend.started() if s.startswith("agent")]))
+        assert (stack.data_path("redis") / "dump.rdb").read_bytes() == b"REDIS"
+
+    stack.prepare("redis", data=fill, ready=ready)
+    with stack:
+        assert [kind for kind, _ in seen] == ["data", "ready"]
+        assert "redis.g1" not in seen[0][1]  # the file was there before redis started
+        assert seen[1][1] == []
+        assert (stack.data_path("redis") / "dump.rdb").stat().st_mode & 0o444 == 0o444
+        assert len(stack.prepared_spans) == 2
+        with pytest.raises(StackError, match="up already"):
+            stack.prepare("redis", data=fill)
+    for name in ("agent", "nope"):
+        with pytest.raises(StackError, match="not a service of this stack"):
+            _stack(tmp_path).prepare(name, ready=ready)
+
+
+def test_prepared_work_that_fails_fails_the_start_up_and_stops_everything(
+        tmp_path: Path) -> None:
+    backend = FakeBackend()
+    stack = _stack(tmp_path, backend)
+
+    def broken(handle: Any) -> None:
+        raise BackupRestoreError("milvus at x: restore: collection exists")
+
+    stack.prepare("redis", ready=broken)
+    with pytest.raises(BackupRestoreError, match="collection exists"):
+        with stack:
+            pass
+    assert not [s for s in backend.started() if s.startswith("agent")]
+    assert set(backend.started()) <= set(backend.stopped())
+
+
+def test_a_stack_without_jobs_does_not_wait_for_them() -> None:
+    spec = _spec().without_jobs()
+    assert [s.name for s in spec.services] == ["llm", "redis", "agent", "prometheus"]
+    assert spec["agent"].depends_on == ("redis", "llm")
+    assert _spec().subset(["agent"]).without_jobs()["agent"].depends_on == ("redis", "llm")

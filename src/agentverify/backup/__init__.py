@@ -15,7 +15,9 @@ Milvus is exported through pymilvus (``query_iterator``), not by copying its fil
 the same code backs up a real Milvus and Milvus Lite. Redis is copied as the RDB file
 from the service's data directory (``backend.volume_path``: a host path on every
 backend) and restored through :meth:`~agentverify.stack.stack.Stack.replace_data`
-(Redis stopped, the file put in place, Redis started on the same ports, ready).
+(Redis stopped, the file put in place, Redis started on the same ports, ready), or, into
+a stack about to start, placed before Redis first starts (:func:`restore_on_start`: the
+data first, then the agents, as a restore is done).
 
 Restoring is verify-first: :func:`open_backup` reads the whole archive (gzip CRC, tar
 structure, every member's size and sha256 against the manifest, nothing extra, a
@@ -60,6 +62,7 @@ from agentverify.backup.operations import (
     compare_with,
     live_fingerprint,
     restore_into,
+    restore_on_start,
     service_name,
 )
 from agentverify.backup.redis import KeyRecord, RedisSnapshot, connect_redis, snapshot_redis
@@ -85,6 +88,7 @@ __all__ = [
     "open_backup",
     "read_archive",
     "restore_into",
+    "restore_on_start",
     "service_name",
     "snapshot_redis",
     "tamper",

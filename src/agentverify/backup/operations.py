@@ -2,7 +2,8 @@
 
 What is here: :func:`backup_stack` (both parts into one ``backup_<UTC>.tar.gz``, read
 back before it is called done), :func:`restore_into` (a verified archive into a running
-stack), :func:`compare_with` (a restored stack measured against the archive),
+stack), :func:`restore_on_start` (a stack about to start, started on the archive),
+:func:`compare_with` (a restored stack measured against the archive),
 :func:`live_fingerprint` (what must not change when a restore is refused) and
 :func:`service_name` (the stack's service of a role).
 """
@@ -29,15 +30,17 @@ from agentverify.backup.milvus import (
 )
 from agentverify.backup.redis import (
     backup_redis,
+    check_rdb_loaded,
     compare_redis,
     connect_redis,
+    place_rdb,
     restore_redis,
     snapshot_redis,
 )
 from agentverify.errors import BackupRestoreError
 
 __all__ = ["PARTS", "BackupResult", "backup_stack", "compare_with", "live_fingerprint",
-           "restore_into", "service_name"]
+           "restore_into", "restore_on_start", "service_name"]
 
 Say = Callable[[str], None]
 
@@ -156,6 +159,39 @@ def restore_into(stack: Any, backup: OpenedBackup, *, say: Say = _quiet,
         milvus = stack.service(service_name(stack, "vector_store"))
         restore_milvus(milvus.url(), backup, batch_size, timeout, say)
     return time.monotonic() - t0
+
+
+def restore_on_start(stack: Any, backup: OpenedBackup, *, say: Say = _quiet,
+                     batch_size: int = 512, timeout: float = 60.0) -> Callable[[], float]:
+    """Make a stack that is not up yet start on a verified backup: the seed's order for a
+    restore, the data first and then the agent (:meth:`Stack.prepare`).
+
+    Redis is given the archived RDB file before its first start and starts on it (no
+    restart); every Milvus collection is recreated and refilled as soon as Milvus is
+    ready, before anything that uses it (the agents) starts. Bring the stack up without
+    its jobs (``jobs=False``): an ingest would write into the restored collection.
+
+    Returns:
+        A function giving the seconds the restore took, once the stack is up.
+    """
+    spent: list[float] = []
+
+    def timed(work: Callable[[], None]) -> None:
+        t0 = time.monotonic()
+        try:
+            work()
+        finally:
+            spent.append(time.monotonic() - t0)
+
+    def redis_data(data_dir: Path) -> None:
+        say("  redis: placing dump.rdb into its data directory before it starts")
+        timed(lambda: place_rdb(backup, data_dir))
+
+    stack.prepare(service_name(stack, "cache"), data=redis_data,
+                  ready=lambda h: timed(lambda: check_rdb_loaded(h.url(), timeout)))
+    stack.prepare(service_name(stack, "vector_store"), ready=lambda h: timed(
+        lambda: restore_milvus(h.url(), backup, batch_size, timeout, say)))
+    return lambda: sum(spent)
 
 
 def compare_with(stack: Any, backup: OpenedBackup, *, ttl_slack_s: float = 2.0,

@@ -246,14 +246,11 @@ def _wait_redis_loaded(url: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,
-                  say: Callable[[str], None]) -> None:
-    """Replace Redis' data with the archived RDB file (see ``Stack.replace_data``), then
-    wait until it has loaded it."""
+def _rdb_filename(url: str) -> str:
+    """The RDB file name Redis at ``url`` reads at start (refused: AOF on, which ignores
+    an RDB file)."""
     import redis
 
-    handle = stack.service(name)
-    url = handle.url()
     try:
         with connect_redis(url) as client:
             dbfilename = _redis_config(client, "dbfilename", "dump.rdb")
@@ -263,6 +260,40 @@ def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,
                     f"RDB file; restore with AOF off, then re-enable it")
     except redis.RedisError as exc:
         raise BackupRestoreError(f"Redis at {url}: {exc}") from exc
+    return dbfilename
+
+
+#: the name :func:`place_rdb` gives the archived RDB file (Redis' default dbfilename)
+RDB_NAME = "dump.rdb"
+
+
+def place_rdb(backup: OpenedBackup, data_dir: Path) -> None:
+    """Put the archived RDB file into the data directory of a Redis that has not started
+    yet (it loads the file at start); :func:`check_rdb_loaded` once it is up."""
+    shutil.copyfile(backup.dir / "redis" / "dump.rdb", data_dir / RDB_NAME)
+
+
+def check_rdb_loaded(url: str, timeout: float) -> None:
+    """Redis at ``url``, started on :func:`place_rdb`'s file, has loaded it.
+
+    Raises:
+        BackupRestoreError: it reads another file (dbfilename), runs with AOF on, or is
+            still loading after ``timeout`` seconds.
+    """
+    _wait_redis_loaded(url, timeout)
+    dbfilename = _rdb_filename(url)
+    if dbfilename != RDB_NAME:
+        raise BackupRestoreError(
+            f"Redis at {url} reads {dbfilename!r} at start, not {RDB_NAME!r}: the "
+            f"restored RDB file was not loaded; restore into the running stack instead")
+
+
+def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,
+                  say: Callable[[str], None]) -> None:
+    """Replace Redis' data with the archived RDB file (see ``Stack.replace_data``), then
+    wait until it has loaded it."""
+    handle = stack.service(name)
+    dbfilename = _rdb_filename(handle.url())
     say(f"  redis: stopping {handle.name}, placing dump.rdb into its data directory")
 
     def populate(data_dir: Path) -> None:

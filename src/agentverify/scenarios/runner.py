@@ -111,16 +111,19 @@ class ScenarioContext:
             raise StackError(f"LLM ledger at {self.llm_url()}/ledger: {exc}") from exc
         return resp.json()
 
-    def new_stack(self, *, only: tuple[str, ...] | None = None,
+    def new_stack(self, *, only: tuple[str, ...] | None = None, jobs: bool = True,
+                  prepare: Callable[[Stack], None] | None = None,
                   **overrides: Any) -> AbstractContextManager[Stack]:
         """A fresh stack of its own (config ``overrides`` as dotted keys; ``only``: just
-        those services and their dependencies), torn down when the ``with`` block ends:
-        ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
+        those services and their dependencies; ``jobs=False``: without the one-off jobs;
+        ``prepare(stack)`` runs before it is brought up, see
+        :meth:`~agentverify.stack.stack.Stack.prepare`), torn down when the ``with``
+        block ends: ``with ctx.new_stack(**{"stack.replicas": 1}) as s:``.
         """
         if self._new_stack is None:
             raise StackError("this scenario context cannot start a fresh stack "
                              "(it was made without a session)")
-        return self._new_stack(only=only, **overrides)
+        return self._new_stack(only=only, jobs=jobs, prepare=prepare, **overrides)
 
     def event(self, kind: str, label: str, *, t: float | None = None, end: float | None = None,
               **detail: Any) -> TimelineEvent:

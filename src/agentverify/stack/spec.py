@@ -186,6 +186,14 @@ class StackSpec:
         return StackSpec(services=tuple(s for s in self.services if s.name in keep),
                          env_name=self.env_name)
 
+    def without_jobs(self) -> StackSpec:
+        """The stack without its one-off jobs, and nothing waiting for them (a stack to
+        restore a backup into takes its data from the archive, not from the ingest)."""
+        jobs = {s.name for s in self.services if s.kind == "job"}
+        return StackSpec(services=tuple(
+            replace(s, depends_on=tuple(d for d in s.depends_on if d not in jobs))
+            for s in self.services if s.name not in jobs), env_name=self.env_name)
+
     def by_role(self, role: str) -> list[ServiceSpec]:
         return [s for s in self.services if s.role == role]
 

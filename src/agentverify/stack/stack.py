@@ -52,6 +52,13 @@ from agentverify.traffic import upstream_conf, wait_for_generation
 __all__ = ["Stack", "Replica", "ProgressEvent", "Rollout", "StepTiming", "reap_leftovers"]
 
 
+def _readable(directory: Path) -> None:
+    """Make what a caller wrote into a data directory readable by everyone (a
+    container's user reads it)."""
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
 def _side_by_side(fn: Callable[[Any], None], items: Iterable[Any]) -> list[BaseException]:
     """Call ``fn`` on every item, each in a thread of its own; returns the errors they
     raised. An interrupt (KeyboardInterrupt) is raised once every item had its turn.
@@ -148,6 +155,14 @@ class Rollout:
 
 
 @dataclass
+class _Preparation:
+    """Work :meth:`Stack.up` does on one service (see :meth:`Stack.prepare`)."""
+
+    data: Callable[[Path], None] | None = None
+    ready: Callable[[Handle], None] | None = None
+
+
+@dataclass
 class _State:
     #: the serving instance of each non-agent service, by service name
     services: dict[str, Handle] = field(default_factory=dict)
@@ -207,6 +222,10 @@ class Stack:
         #: the config the agent replicas run with (differs from ``config`` after
         #: :meth:`reconfigure_agents`)
         self.agent_config: Any = config
+        #: what up() does on a service beside starting it (:meth:`prepare`)
+        self._prepared: dict[str, _Preparation] = {}
+        #: ``[started, ended]`` monotonic, of every preparation up() ran
+        self.prepared_spans: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------------ construction
 
@@ -215,9 +234,10 @@ class Stack:
                     progress: ProgressSink | None = None,
                     environ: Mapping[str, str] | None = None,
                     state_dir: Path | None = None,
-                    only: tuple[str, ...] | None = None) -> Stack:
+                    only: tuple[str, ...] | None = None, jobs: bool = True) -> Stack:
         """Build the seed's stack from a resolved :class:`~agentverify.config.Config`
-        (``only``: just these services and their dependencies)."""
+        (``only``: just these services and their dependencies; ``jobs=False``: without
+        the one-off jobs, such as the knowledge ingest)."""
         from agentverify.secrets import resolve_api_keys
         from agentverify.stack.spec import agent_spec, build_stack_spec
 
@@ -228,6 +248,8 @@ class Stack:
         spec = build_stack_spec(config, api_keys=keys, backend=be.name)
         if only:
             spec = spec.subset(only)
+        if not jobs:
+            spec = spec.without_jobs()
 
         def spec_for(cfg: Any, version: str) -> ServiceSpec:
             return agent_spec(cfg, version=version, api_key_env=keys)
@@ -380,6 +402,37 @@ class Stack:
 
     # ------------------------------------------------------------------ up / down
 
+    def prepare(self, name: str, *, data: Callable[[Path], None] | None = None,
+                ready: Callable[[Handle], None] | None = None) -> None:
+        """Work for :meth:`up` on the service ``name`` (not an agent): ``data(directory)``
+        fills its empty data directory before its first start (what it writes is made
+        readable by everyone, as in :meth:`replace_data`); ``ready(handle)`` runs once it
+        is ready and before anything that depends on it starts. Either may raise: the
+        start-up then fails like a service that did not start.
+
+        A restore the agents start on (the seed's order: the data, then the agent):
+        Redis started on the archived RDB file, Milvus' collections recreated before the
+        first replica asks.
+
+        Raises:
+            StackError: the stack is up, or has no such service (or it is an agent).
+        """
+        if self._is_up:
+            raise StackError(f"prepare({name!r}): the stack is up already")
+        names = {s.name: s for s in self.spec.services}
+        if name not in names or names[name].role == ROLE_AGENT:
+            raise StackError(f"prepare({name!r}): not a service of this stack (services: "
+                             f"{', '.join(n for n, s in names.items() if s.role != ROLE_AGENT)})")
+        self._prepared[name] = _Preparation(data=data, ready=ready)
+
+    def _run_prepared(self, step: Callable[[], None]) -> None:
+        t0 = time.monotonic()
+        try:
+            step()
+        finally:
+            with self._lock:
+                self.prepared_spans.append((t0, time.monotonic()))
+
     def up(self) -> Stack:
         """Start every service, dependencies first, in parallel where the graph allows.
 
@@ -448,6 +501,17 @@ class Stack:
                     self._state.generation += 1
                     svc = svc.with_files(**{"upstream.conf":
                                             upstream_conf(servers, self._state.generation)})
+            prepared = self._prepared.get(svc.name, _Preparation())
+            fill, on_ready = prepared.data, prepared.ready
+            if fill is not None:
+                assert self.run is not None
+                data = self.run.instance_dirs(svc.name, 1, svc.persistent).data
+
+                def populate() -> None:
+                    fill(data)
+                    _readable(data)
+
+                self._run_prepared(populate)
             handle = self._start_instance(svc, svc.name)
             if svc.role == ROLE_FAULTS:
                 edges = tuple(self.config.stack.faults.edges) if self.config is not None \
@@ -461,6 +525,8 @@ class Stack:
                 self._routes.front(handle)
             if svc.role == ROLE_METRICS:
                 self._sync_targets()
+            if on_ready is not None:
+                self._run_prepared(lambda: on_ready(handle))
 
     def _peers(self) -> dict[str, Handle]:
         with self._lock:
@@ -1101,8 +1167,7 @@ class Stack:
             data.mkdir()
             data.chmod(previous.stat().st_mode & 0o7777)
             populate(data)
-            for path in [data, *data.rglob("*")]:
-                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+            _readable(data)
         except BaseException:
             if previous is not None:  # back on its previous data rather than left stopped
                 failed = set_aside(data) if data.exists() else None
