@@ -362,8 +362,10 @@ def test_prepared_work_runs_before_the_first_start_and_before_the_dependents(
         assert len(stack.prepared_spans) == 2
         with pytest.raises(StackError, match="up already"):
             stack.prepare("redis", data=fill)
-    for name in ("agent", "nope"):
-        with pytest.raises(StackError, match="not a service of this stack"):
+    for name, why in (("agent", "the agent's replicas start on what the services hold"),
+                      ("nope", "no such service")):
+        with pytest.raises(StackError, match=f"{why}; the stack's services: llm, redis, "
+                                             f"ingest, prometheus"):
             _stack(tmp_path).prepare(name, ready=ready)
 
 

@@ -285,7 +285,8 @@ def check_rdb_loaded(url: str, timeout: float) -> None:
     if dbfilename != RDB_NAME:
         raise BackupRestoreError(
             f"Redis at {url} reads {dbfilename!r} at start, not {RDB_NAME!r}: the "
-            f"restored RDB file was not loaded; restore into the running stack instead")
+            f"restored RDB file was not loaded (restore_verify's fresh: whole restores "
+            f"into a running Redis instead)")
 
 
 def restore_redis(stack: Any, name: str, backup: OpenedBackup, timeout: float,

@@ -104,8 +104,9 @@ class ToxiproxyClient:
     def __init__(self, base_url: str, *, timeout: float = 10.0):
         self.base_url = base_url.rstrip("/")
         # A user agent of our own: Toxiproxy refuses browser-like ones with 403.
-        self._http = _http.new_client(base_url=self.base_url, timeout=timeout, trust_env=False,
-                                  headers={"User-Agent": "agentverify-toxiproxy-client"})
+        self._http = _http.new_client(base_url=self.base_url, timeout=timeout,
+                                      trust_env=False,
+                                      headers={"User-Agent": "agentverify-toxiproxy-client"})
 
     def __enter__(self) -> ToxiproxyClient:
         return self

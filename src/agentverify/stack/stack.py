@@ -421,8 +421,10 @@ class Stack:
             raise StackError(f"prepare({name!r}): the stack is up already")
         names = {s.name: s for s in self.spec.services}
         if name not in names or names[name].role == ROLE_AGENT:
-            raise StackError(f"prepare({name!r}): not a service of this stack (services: "
-                             f"{', '.join(n for n, s in names.items() if s.role != ROLE_AGENT)})")
+            why = "the agent's replicas start on what the services hold" \
+                if name in names else "no such service"
+            raise StackError(f"prepare({name!r}): {why}; the stack's services: "
+                             f"{', '.join(n for n, s in names.items() if s.role != ROLE_AGENT)}")
         self._prepared[name] = _Preparation(data=data, ready=ready)
 
     def _run_prepared(self, step: Callable[[], None]) -> None:
