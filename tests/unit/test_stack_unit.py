@@ -4,6 +4,7 @@ scaling, reaping. (What really runs is tested in tests/integration on real backe
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,61 @@ def test_a_stack_without_jobs_does_not_wait_for_them() -> None:
     assert [s.name for s in spec.services] == ["llm", "redis", "agent", "prometheus"]
     assert spec["agent"].depends_on == ("redis", "llm")
     assert _spec().subset(["agent"]).without_jobs()["agent"].depends_on == ("redis", "llm")
+
+
+def test_replaced_replicas_stop_in_the_background_and_settle_waits_for_them(
+        tmp_path: Path) -> None:
+    release = threading.Event()
+    stopping: list[str] = []
+
+    def on_stop(handle: Any) -> None:
+        if handle.spec.role == "agent" and handle.generation == 1:
+            stopping.append(handle.key)
+            assert release.wait(10), "the test never let the stops end"
+
+    backend = FakeBackend(on_stop=on_stop, fail_stop=set())
+    with _stack(tmp_path, backend) as stack:
+        old = [r.handle for r in stack.replicas]
+        stack.promote(stack.start_standby("v2"), drain=False, background=True)
+        # back at the switch while the replaced ones still stop (a promote that waited
+        # for them would never get here: they stop only once released below)
+        assert stack.versions == ["v2"] * 3
+        assert all(h.state.running for h in old)
+        assert not {h.key for h in old} & {r.handle.key for r in stack.replicas}
+        release.set()
+        stack.settle()
+        assert sorted(stopping) == sorted(h.key for h in old)
+        assert not any(h.state.running for h in old)
+        assert not {h.key for h in old} & {h.key for h in stack.instances()}
+        stack.settle()  # nothing left to wait for
+
+        # a stop that fails is raised by settle; the teardown stops that replica again
+        backend.fail_stop.add("agent-1")
+        stack.promote(stack.start_standby("v1"), drain=False, background=True)
+        with pytest.raises(StackError, match="agent-1: fake stop failure"):
+            stack.settle()
+        failed = [h for h in stack.instances() if h.instance == "agent-1" and h.generation == 2]
+        assert len(failed) == 1
+        backend.fail_stop.clear()
+    stopped = backend.stopped()
+    assert stopped.count(failed[0].key) == 2
+    assert set(backend.started()) <= set(stopped)
+
+
+def test_the_teardown_waits_for_replicas_still_stopping(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def on_stop(handle: Any) -> None:
+        if handle.spec.role == "agent" and handle.generation == 1:
+            release.wait(10)
+
+    backend = FakeBackend(on_stop=on_stop)
+    stack = _stack(tmp_path, backend)
+    with stack:
+        old = [r.handle.key for r in stack.replicas]
+        stack.promote(stack.start_standby("v2"), drain=False, background=True)
+        threading.Timer(0.2, release.set).start()
+    stopped = backend.stopped()
+    # each replaced replica stopped once (not again by the teardown), before the rest
+    assert all(stopped.count(key) == 1 for key in old)
+    assert set(backend.started()) <= set(stopped)

@@ -134,6 +134,31 @@ class RateLimitParams(StepParams):
     settle_timeout_s: float = Field(10.0, gt=0)
 
 
+def burst_from_one_client(ctx: ScenarioContext, message: str, *, requests: int,
+                          concurrency: int) -> tuple[list[tuple[int, str | None, str | None]],
+                                                     float]:
+    """``requests`` asks of ``message`` from one client of its own through the load
+    balancer, ``concurrency`` at a time: ``(status, Retry-After, replica)`` of each
+    (status 0: no answer), and the seconds they took."""
+    contract = ctx.contract
+    client_id = f"av-ratelimit-{uuid.uuid4().hex[:8]}"
+    url = ctx.stack.lb_url
+
+    def one(client: httpx.Client) -> tuple[int, str | None, str | None]:
+        try:
+            r = contract.send(client, message, base_url=url, client_id=client_id)
+        except httpx.HTTPError as exc:
+            return 0, None, type(exc).__name__
+        _, replica = contract.identity(r.headers, r.text)
+        return r.status_code, r.headers.get("retry-after"), replica
+
+    with _http.new_client(timeout=30.0) as client, \
+            cf.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        t0 = time.monotonic()
+        answers = list(pool.map(lambda _: one(client), range(requests)))
+        return answers, time.monotonic() - t0
+
+
 @step("rate_limit", params=RateLimitParams,
       facts=("rate_limit_requests", "rate_limit_allowed", "rate_limit_429",
              "rate_limit_allowed_max", "rate_limit_excess", "rate_limit_retry_after",
@@ -155,23 +180,10 @@ def rate_limit(ctx: ScenarioContext, params: RateLimitParams) -> dict[str, Any]:
     contract = ctx.contract
     # answered once first, so the burst costs no LLM call
     ctx.ask(params.message, client_id=f"av-ratelimit-warm-{uuid.uuid4().hex[:8]}")
-
-    client_id = f"av-ratelimit-{uuid.uuid4().hex[:8]}"
     url = ctx.stack.lb_url
-
-    def one(client: httpx.Client) -> tuple[int, str | None, str | None]:
-        try:
-            r = contract.send(client, params.message, base_url=url, client_id=client_id)
-        except httpx.HTTPError as exc:
-            return 0, None, type(exc).__name__
-        _, replica = contract.identity(r.headers, r.text)
-        return r.status_code, r.headers.get("retry-after"), replica
-
-    with _http.new_client(timeout=30.0) as client, \
-            cf.ThreadPoolExecutor(max_workers=params.concurrency) as pool:
-        t0 = time.monotonic()
-        answers = list(pool.map(lambda _: one(client), range(params.requests)))
-        elapsed = time.monotonic() - t0
+    answers, elapsed = burst_from_one_client(ctx, params.message, requests=params.requests,
+                                             concurrency=params.concurrency)
+    with _http.new_client(timeout=30.0) as client:
         try:
             other = contract.ask(client, params.message, base_url=url,
                                  client_id=f"av-ratelimit-other-{uuid.uuid4().hex[:8]}")

@@ -203,19 +203,23 @@ def restore_baseline(stack: Stack, config: Config, say: Callable[[str], None] = 
     loads before this runs), so every replica is replaced at once (blue/green: new
     instances started side by side, then one switch) rather than one at a time: one agent
     start on the clock instead of one per replica; and the replaced ones stop without the
-    deregistration delay.
+    deregistration delay; they stop in the background while the next scenario begins
+    (they serve nothing, and are no target of Prometheus), and the next restore, or the
+    teardown, waits for them first.
     """
     if not stack.is_up:
         return
+    stack.settle()  # the replicas the last restore replaced
     want_version = config.stack.version
     agent_config = getattr(stack, "agent_config", None)  # None: not made from a config
     if agent_config is not None and agent_config != config:
         say(f"restoring baseline: every replica back on the configured agent config at "
             f"{want_version} at once")
-        stack.reconfigure_agents(config, version=want_version, at_once=True, drain=False)
+        stack.reconfigure_agents(config, version=want_version, at_once=True, drain=False,
+                                 background=True)
     if any(v != want_version for v in stack.versions):
         say(f"restoring baseline: every replica back to {want_version} at once")
-        stack.promote(stack.start_standby(want_version), drain=False)
+        stack.promote(stack.start_standby(want_version), drain=False, background=True)
     if len(stack.replicas) != config.stack.replicas:
         say(f"restoring baseline: scaling back to {config.stack.replicas} replicas")
         stack.scale(config.stack.replicas, version=want_version, drain=False)

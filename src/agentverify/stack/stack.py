@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
@@ -222,6 +223,8 @@ class Stack:
         #: the config the agent replicas run with (differs from ``config`` after
         #: :meth:`reconfigure_agents`)
         self.agent_config: Any = config
+        #: replaced replicas still stopping (``promote(background=True)``); see :meth:`settle`
+        self._stopping: list[cf.Future[None]] = []
         #: what up() does on a service beside starting it (:meth:`prepare`)
         self._prepared: dict[str, _Preparation] = {}
         #: ``[started, ended]`` monotonic, of every preparation up() ran
@@ -656,6 +659,8 @@ class Stack:
     def down(self) -> None:
         """Stop everything this stack started: the agents (and what routes to or watches them)
         before what they use (:meth:`StackSpec.stop_ranks`). Idempotent."""
+        with contextlib.suppress(StackError):  # a replica whose stop failed is stopped below
+            self.settle()
         with self._lock:
             was_open = self.run is not None
             self._is_up = False
@@ -870,13 +875,17 @@ class Stack:
         """Stop a replica that is not serving (e.g. a standby that failed its checks)."""
         self._retire(replica.handle, grace=1.0)
 
-    def promote(self, standby: list[Replica], *, drain: bool = True) -> float:
+    def promote(self, standby: list[Replica], *, drain: bool = True,
+                background: bool = False) -> float:
         """Switch traffic to ``standby`` replicas and stop the ones they replace.
 
         ``drain``: wait the deregistration delay before the stops. False only where
         nothing sends traffic (between scenarios: a scenario's probes and loads are
         stopped by its clean-ups first); Prometheus may then record one failed scrape of
-        a replaced replica, too short to hold any alert's ``for``."""
+        a replaced replica, too short to hold any alert's ``for``. ``background``: return
+        at the switch; the replaced replicas (no longer routed to, no longer a target)
+        stop in a thread of their own, and :meth:`settle` (also the first thing
+        :meth:`down` does) waits for them and raises what their stops raised."""
         t0 = time.monotonic()
         with self._lock:
             old = self._state.replicas
@@ -886,8 +895,43 @@ class Stack:
         switched = time.monotonic() - t0
         if drain:
             self._drain()
-        self._retire_all(old)
+        if background:
+            self._retire_in_background(old)
+        else:
+            self._retire_all(old)
         return switched
+
+    def _retire_in_background(self, replicas: list[Replica]) -> None:
+        done: cf.Future[None] = cf.Future()
+
+        def retire() -> None:
+            try:
+                self._retire_all(replicas)
+            except BaseException as exc:  # kept for settle(): a thread has no caller
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        with self._lock:
+            self._stopping.append(done)
+        threading.Thread(target=retire, name="agentverify-retire-replaced", daemon=True).start()
+
+    def settle(self) -> None:
+        """Wait until the replicas :meth:`promote` stops in the background have stopped.
+
+        Raises:
+            StackError: one did not stop cleanly (it stays among what :meth:`down` stops).
+        """
+        with self._lock:
+            pending, self._stopping = self._stopping, []
+        errors = []
+        for done in pending:
+            try:
+                done.result()
+            except Exception as exc:  # every one is waited for
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _retire_all(self, replicas: list[Replica]) -> None:
         """Stop ``replicas`` side by side (each stop mostly waits for a graceful exit)."""
@@ -965,7 +1009,8 @@ class Stack:
 
     def reconfigure_agents(self, config: Any, *, version: str | None = None,
                            health_timeout: float | None = None,
-                           at_once: bool = False, drain: bool = True) -> Rollout:
+                           at_once: bool = False, drain: bool = True,
+                           background: bool = False) -> Rollout:
         """Restart every replica, one at a time, with the agent made from ``config`` (a
         changed copy of the stack's config: another rate limit, the backup model ...):
         the seed's "change config.yaml, restart the service", drained in nginx replica by
@@ -973,8 +1018,8 @@ class Stack:
         moves the replicas to another version in the same pass. ``at_once``: replace
         every replica in one blue/green switch instead (:meth:`start_standby` then
         :meth:`promote`: one agent start on the clock, for when no traffic is measured;
-        the rollout then has no steps, it replaced no replica one by one); ``drain``: see
-        :meth:`promote`.
+        the rollout then has no steps, it replaced no replica one by one); ``drain`` and
+        ``background`` (with ``at_once``): see :meth:`promote`.
 
         The replicas run with ``config`` from now on (:attr:`agent_config`), also when a
         replica fails to start on it (the rollout stops there; the caller decides).
@@ -997,7 +1042,7 @@ class Stack:
             rollout = Rollout(version=version, from_version=self.current_version)
             t0 = time.monotonic()
             self.promote(self.start_standby(version, health_timeout=health_timeout),
-                         drain=drain)
+                         drain=drain, background=background)
             rollout.seconds = time.monotonic() - t0
             return rollout
         return self.rolling_update(version, force=True, health_timeout=health_timeout)
