@@ -180,15 +180,12 @@ def rate_limit(ctx: ScenarioContext, params: RateLimitParams) -> dict[str, Any]:
     contract = ctx.contract
     # answered once first, so the burst costs no LLM call
     ctx.ask(params.message, client_id=f"av-ratelimit-warm-{uuid.uuid4().hex[:8]}")
-    url = ctx.stack.lb_url
     answers, elapsed = burst_from_one_client(ctx, params.message, requests=params.requests,
                                              concurrency=params.concurrency)
-    with _http.new_client(timeout=30.0) as client:
-        try:
-            other = contract.ask(client, params.message, base_url=url,
-                                 client_id=f"av-ratelimit-other-{uuid.uuid4().hex[:8]}")
-        except httpx.HTTPError as exc:
-            raise ScenarioError(f"rate_limit: another client's request failed: {exc}") from exc
+    try:
+        other = ctx.ask(params.message, client_id=f"av-ratelimit-other-{uuid.uuid4().hex[:8]}")
+    except httpx.HTTPError as exc:
+        raise ScenarioError(f"rate_limit: another client's request failed: {exc}") from exc
     allowed = sum(1 for s, _, _ in answers if s == 200)
     limited = [(s, ra) for s, ra, _ in answers if s == 429]
     # a full bucket, refilled at the rate for as long as the burst lasted (+1: a token
