@@ -48,15 +48,6 @@ def describe_event(event: ProgressEvent) -> str | None:
     return None
 
 
-def _union(spans: list[tuple[float, float]]) -> float:
-    """Seconds covered by ``spans`` (overlapping ones counted once)."""
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(spans):
-        total += max(0.0, b - max(a, end))
-        end = max(end, b)
-    return total
-
-
 class AgentVerifySession:
     """Config, stack and journal for one run.
 
@@ -209,7 +200,7 @@ class AgentVerifySession:
         self.journal.stacks.append({"run_id": stack.run.run_id if stack.run else None,
                                     "started": round(time.time() - up, 3),
                                     "up_s": round(up, 3),
-                                    "prepared_s": round(_union(stack.prepared_spans), 3),
+                                    "prepared_s": round(stack.prepared_seconds, 3),
                                     "scenario": self._scenario})
 
     def _journal_starts(self, stack: Stack) -> None:

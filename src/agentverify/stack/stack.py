@@ -227,8 +227,10 @@ class Stack:
         self._stopping: list[cf.Future[None]] = []
         #: what up() does on a service beside starting it (:meth:`prepare`)
         self._prepared: dict[str, _Preparation] = {}
-        #: ``[started, ended]`` monotonic, of every preparation up() ran
-        self.prepared_spans: list[tuple[float, float]] = []
+        #: seconds up() spent on what :meth:`prepare` gave it, on its own critical path
+        #: (work on services that start side by side counted once)
+        self.prepared_seconds = 0.0
+        self._prepared_until = float("-inf")
 
     # ------------------------------------------------------------------ construction
 
@@ -435,8 +437,10 @@ class Stack:
         try:
             step()
         finally:
-            with self._lock:
-                self.prepared_spans.append((t0, time.monotonic()))
+            with self._lock:  # the union of the spans so far (they end in order)
+                ended = time.monotonic()
+                self.prepared_seconds += max(0.0, ended - max(t0, self._prepared_until))
+                self._prepared_until = max(self._prepared_until, ended)
 
     def up(self) -> Stack:
         """Start every service, dependencies first, in parallel where the graph allows.
